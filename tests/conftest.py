@@ -1,0 +1,24 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def fixtures_dir(*parts):
+    """Path inside ../shared/fixtures (next to the repository root, as in CI)."""
+    for base in (os.path.join(ROOT, '..', 'shared', 'fixtures'), os.environ.get('EDMKIT_FIXTURES', '')):
+        if base and os.path.isdir(base):
+            return os.path.join(os.path.abspath(base), *parts)
+    pytest.skip('shared fixtures folder not found (expected ../shared/fixtures)')
+
+
+@pytest.fixture
+def fixtures():
+    return fixtures_dir
