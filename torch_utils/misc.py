@@ -1,0 +1,102 @@
+"""Small helpers: per-seed random generators, integer-list parsing, parameter copying, DDP checks."""
+
+import re
+
+import numpy as np
+import torch
+
+# ----------------------------------------------------------------------------
+
+
+class StackedRandomGenerator:
+    """One `torch.Generator` per seed, so each sample's randomness depends only on its own seed.
+
+    Same semantics and draw order as EDM's generate.py: sample i of a batch is drawn from the generator seeded
+    with `seeds[i] % 2**32`, whatever the batch size or the number of processes.
+    """
+
+    def __init__(self, device, seeds):
+        self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]
+
+    def randn(self, size, **kwargs):
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+    def randn_like(self, input):
+        return self.randn(input.shape, dtype=input.dtype, layout=input.layout, device=input.device)
+
+    def randint(self, *args, size, **kwargs):
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
+
+# ----------------------------------------------------------------------------
+
+
+def parse_int_list(s):
+    """'1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10]. Raises ValueError with a readable message."""
+    if isinstance(s, (list, tuple)):
+        return [int(v) for v in s]
+    result = []
+    text = str(s).strip().strip('"\'')
+    if not text:
+        raise ValueError('empty list')
+    for part in text.split(','):
+        part = part.strip()
+        match = re.fullmatch(r'(\d+)\s*-\s*(\d+)', part)
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if hi < lo:
+                raise ValueError(f'range "{part}" is empty (end before start)')
+            result.extend(range(lo, hi + 1))
+        elif re.fullmatch(r'\d+', part):
+            result.append(int(part))
+        else:
+            raise ValueError(f'"{part}" is not a non-negative integer or a range like 0-63')
+    return result
+
+# ----------------------------------------------------------------------------
+
+
+def copy_params_and_buffers(src_module, dst_module, require_all=False):
+    """Copy parameters and buffers from `src_module` into same-named ones of `dst_module`."""
+    assert isinstance(src_module, torch.nn.Module) and isinstance(dst_module, torch.nn.Module)
+    src_tensors = dict(src_module.named_parameters())
+    src_tensors.update(dict(src_module.named_buffers()))
+    for name, tensor in list(dst_module.named_parameters()) + list(dst_module.named_buffers()):
+        if name in src_tensors:
+            if src_tensors[name].shape != tensor.shape:
+                raise ValueError(f'cannot copy "{name}": shape {tuple(src_tensors[name].shape)} '
+                                 f'!= {tuple(tensor.shape)}')
+            with torch.no_grad():
+                tensor.copy_(src_tensors[name])
+        elif require_all:
+            raise ValueError(f'"{name}" is missing in the source network')
+
+
+def check_ddp_consistency(module, ignore_regex=None):
+    """Assert that every rank holds the same parameters and buffers (no-op for one process)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if ignore_regex is not None and re.fullmatch(ignore_regex, name):
+            continue
+        tensor = tensor.detach()
+        if tensor.is_floating_point():
+            tensor = torch.nan_to_num(tensor)
+        other = tensor.clone()
+        torch.distributed.broadcast(tensor=other, src=0)
+        if not (tensor == other).all():
+            raise RuntimeError(f'parameter/buffer "{name}" differs between ranks')
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def constant(value, shape=None, dtype=None, device=None):
+    """A tensor filled from `value` (compatibility with EDM-era code that imports misc.constant)."""
+    value = np.asarray(value)
+    tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
+    if shape is not None:
+        tensor = tensor.broadcast_to(shape).contiguous()
+    return tensor
