@@ -1,0 +1,368 @@
+"""dataset_tool.py: sources, output layout, pixels (PIL LANCZOS + EDM crop rules), errors leave nothing behind."""
+
+import gzip
+import io
+import json
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+from click.testing import CliRunner
+
+import dataset_tool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ----------------------------------------------------------------------------
+# Helpers (independent of the code under test).
+
+
+def png_bytes(img):
+    """What the EDM layout stores: PIL PNG, compress_level=0, mode L or RGB."""
+    buf = io.BytesIO()
+    PIL.Image.fromarray(img, 'L' if img.ndim == 2 else 'RGB').save(buf, format='png', compress_level=0, optimize=False)
+    return buf.getvalue()
+
+
+def lanczos(img, w, h):
+    return np.array(PIL.Image.fromarray(img).resize((w, h), PIL.Image.Resampling.LANCZOS))
+
+
+def name(i):
+    return f'{i // 1000:05d}/img{i:08d}.png'
+
+
+def save_image(path, img):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    PIL.Image.fromarray(img).save(path)
+
+
+def rand_img(rng, h, w, c=3):
+    shape = (h, w) if c == 1 else (h, w, c)
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def make_cifar(dirpath, per_batch=3, seed=0):
+    """A CIFAR-10 python tarball in the official format (5 pickled batches of uint8 rows), but tiny."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    path = os.path.join(dirpath, 'cifar-10-python.tar.gz')
+    with tarfile.open(path, 'w:gz') as tar:
+        for b in range(1, 6):
+            x = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
+            y = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+            data = pickle.dumps({'batch_label': f'training batch {b} of 5', 'labels': y, 'data': x,
+                                 'filenames': [f'f{b}_{i}.png' for i in range(per_batch)]}, protocol=2)
+            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            images.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels += y
+    return path, np.concatenate(images), labels
+
+
+def run(args):
+    result = CliRunner().invoke(dataset_tool.main, args, catch_exceptions=True)
+    return result
+
+
+def error_line(result):
+    """The single 'Error: ...' line of a failed run (no traceback)."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), f'uncaught exception: {result.exception!r}'
+    text = result.stderr if hasattr(result, 'stderr') else result.output
+    lines = [line for line in text.replace('\r', '\n').splitlines() if line.startswith('Error')]
+    assert len(lines) == 1, text
+    assert 'Traceback' not in text
+    return lines[0]
+
+
+def leftovers(parent):
+    return sorted(n for n in os.listdir(parent) if '.tmp-' in n)
+
+# ----------------------------------------------------------------------------
+# Conversions.
+
+
+def test_cifar10_tarball_to_zip(tmp_path):
+    src, images, labels = make_cifar(tmp_path)
+    dest = tmp_path / 'out' / 'cifar10-32x32.zip'  # Parent folder is created.
+    result = run([f'--source={src}', f'--dest={dest}'])
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(dest) as z:
+        infos = z.infolist()
+        assert [i.filename for i in infos] == [name(i) for i in range(15)] + ['dataset.json']
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        meta = z.read('dataset.json')
+        assert meta == json.dumps({'labels': [[name(i), labels[i]] for i in range(15)]}).encode()
+        for i in range(15):
+            data = z.read(name(i))
+            assert data == png_bytes(images[i])  # Byte-identical uncompressed PNG.
+            with PIL.Image.open(io.BytesIO(data)) as im:
+                assert im.mode == 'RGB' and im.size == (32, 32)
+                np.testing.assert_array_equal(np.array(im), images[i])
+    assert leftovers(dest.parent) == []
+
+
+def test_cifar10_rejects_wrong_format(tmp_path):
+    path = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(path, 'w:gz') as tar:
+        for b in range(1, 6):
+            data = pickle.dumps({'labels': [0], 'data': np.zeros((1, 100), np.uint8)})
+            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
+    assert '3072' in line
+    assert not (tmp_path / 'o.zip').exists()
+
+
+def test_cifar10_refuses_foreign_pickle_objects(tmp_path):
+    path = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(path, 'w:gz') as tar:
+        for b in range(1, 6):
+            data = pickle.dumps({'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'x': os.path.join})
+            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
+    assert 'unexpected object' in line
+    assert not (tmp_path / 'o.zip').exists()
+
+
+def test_folder_with_labels_center_crop(tmp_path):
+    rng = np.random.default_rng(1)
+    src = tmp_path / 'src'
+    imgs = {
+        'b/x.png': rand_img(rng, 30, 40),        # landscape RGB
+        'a/y.jpg': None,                         # JPEG, decoded through PIL
+        'a/z.png': rand_img(rng, 50, 36, c=1),   # portrait grayscale -> RGB
+        'c.PNG': rand_img(rng, 64, 64),          # upper-case extension, at the root
+    }
+    for rel, img in imgs.items():
+        if img is None:
+            save_image(str(src / rel), rand_img(rng, 33, 33))
+            with PIL.Image.open(src / rel) as im:
+                imgs[rel] = np.array(im)
+        else:
+            save_image(str(src / rel), img)
+    (src / 'notes.txt').write_text('not an image')
+    (src / 'dataset.json').write_text(json.dumps({'labels': [['b/x.png', 3], ['a/y.jpg', 1], ['a/z.png', 0],
+                                                             ['c.PNG', 2]]}))
+    order = ['a/y.jpg', 'a/z.png', 'b/x.png', 'c.PNG']  # pathlib order
+    assert [p.relative_to(src).as_posix() for p in sorted(src.rglob('*')) if
+            p.suffix.lower() in ('.png', '.jpg')] == order
+
+    dest = tmp_path / 'dest'
+    dest.mkdir()  # An existing empty folder is fine.
+    result = run([f'--source={src}', f'--dest={dest}', '--resolution=16x16', '--transform=center-crop'])
+    assert result.exit_code == 0, result.output
+    assert sorted(str(p.relative_to(dest).as_posix()) for p in dest.rglob('*') if p.is_file()) == \
+        ['00000/img00000000.png', '00000/img00000001.png', '00000/img00000002.png', '00000/img00000003.png',
+         'dataset.json']
+    meta = json.loads((dest / 'dataset.json').read_text())
+    assert meta == {'labels': [[name(0), 1], [name(1), 0], [name(2), 3], [name(3), 2]]}
+    for i, rel in enumerate(order):
+        img = imgs[rel]
+        h, w = img.shape[:2]
+        s = min(h, w)
+        crop = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        if crop.ndim == 2:
+            crop = np.stack([crop] * 3, axis=2)
+        expected = lanczos(np.ascontiguousarray(crop), 16, 16)
+        data = (dest / name(i)).read_bytes()
+        assert data == png_bytes(expected)
+    assert leftovers(tmp_path) == []
+
+
+def test_folder_labels_from_subfolders_and_pathlib_order(tmp_path):
+    rng = np.random.default_rng(2)
+    src = tmp_path / 'src'
+    rels = ['a-b/1.png', 'a/2.png', 'root.png', 'a/sub/3.png']
+    imgs = {rel: rand_img(rng, 8, 8, c=1) for rel in rels}
+    for rel, img in imgs.items():
+        save_image(str(src / rel), img)
+    dest = tmp_path / 'd.zip'
+    assert run([f'--source={src}', f'--dest={dest}']).exit_code == 0
+    order = [p.relative_to(src).as_posix() for p in sorted(src.rglob('*.png'))]
+    assert order == ['a/2.png', 'a/sub/3.png', 'a-b/1.png', 'root.png']
+    classes = {'': 0, 'a': 1, 'a-b': 2}  # sorted top-level names, root files are ''
+    with zipfile.ZipFile(dest) as z:
+        meta = json.loads(z.read('dataset.json'))
+        expected = [[name(i), classes[rel.split('/')[0] if '/' in rel else '']] for i, rel in enumerate(order)]
+        assert meta == {'labels': expected}
+        for i, rel in enumerate(order):
+            assert z.read(name(i)) == png_bytes(imgs[rel])
+
+
+def test_zip_source_resize_and_max_images(tmp_path):
+    src, images, labels = make_cifar(tmp_path, per_batch=2)
+    zpath = tmp_path / 'c.zip'
+    assert run([f'--source={src}', f'--dest={zpath}']).exit_code == 0
+    dest = tmp_path / 'folder'
+    result = run([f'--source={zpath}', f'--dest={dest}', '--resolution=16,16', '--max-images=4'])
+    assert result.exit_code == 0, result.output
+    assert json.loads((dest / 'dataset.json').read_text()) == {'labels': [[name(i), labels[i]] for i in range(4)]}
+    for i in range(4):
+        assert (dest / name(i)).read_bytes() == png_bytes(lanczos(images[i], 16, 16))
+    assert not (dest / name(4)).exists()
+
+
+def test_center_crop_wide_skips_small_images(tmp_path):
+    rng = np.random.default_rng(3)
+    src = tmp_path / 'src'
+    imgs = [rand_img(rng, 30, 40), rand_img(rng, 30, 12), rand_img(rng, 40, 64, c=1)]  # middle: too narrow
+    for i, img in enumerate(imgs):
+        save_image(str(src / f'{i}.png'), img)
+    dest = tmp_path / 'w.zip'
+    result = run([f'--source={src}', f'--dest={dest}', '--resolution=16x8', '--transform=center-crop-wide'])
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(dest) as z:
+        assert z.namelist() == [name(0), name(2), 'dataset.json']  # gap: the index keeps counting
+        assert json.loads(z.read('dataset.json')) == {'labels': None}
+        for i in (0, 2):
+            img = imgs[i]
+            h, w = img.shape[:2]
+            ch = int(np.round(16 * h / w))
+            crop = img[(h - ch) // 2:(h - ch) // 2 + ch]
+            if crop.ndim == 2:
+                crop = np.stack([crop] * 3, axis=2)
+            canvas = np.zeros((16, 16, 3), np.uint8)
+            canvas[4:12] = lanczos(np.ascontiguousarray(crop), 16, 8)
+            assert z.read(name(i)) == png_bytes(canvas)
+
+
+def test_mnist(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    y = np.array([7, 0, 9], np.uint8)
+    with gzip.open(tmp_path / 'train-images-idx3-ubyte.gz', 'wb') as f:
+        f.write(np.array([2051, 3, 28, 28], '>u4').tobytes() + x.tobytes())
+    with gzip.open(tmp_path / 'train-labels-idx1-ubyte.gz', 'wb') as f:
+        f.write(np.array([2049, 3], '>u4').tobytes() + y.tobytes())
+    dest = tmp_path / 'mnist.zip'
+    assert run([f'--source={tmp_path / "train-images-idx3-ubyte.gz"}', f'--dest={dest}']).exit_code == 0
+    with zipfile.ZipFile(dest) as z:
+        assert json.loads(z.read('dataset.json')) == {'labels': [[name(i), int(y[i])] for i in range(3)]}
+        for i in range(3):
+            padded = np.zeros((32, 32), np.uint8)
+            padded[2:30, 2:30] = x[i]
+            assert z.read(name(i)) == png_bytes(padded)
+
+
+def test_palette_images_become_rgb(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    rgb = np.random.default_rng(5).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    PIL.Image.fromarray(rgb).quantize(16).save(src / 'p.png')
+    with PIL.Image.open(src / 'p.png') as im:
+        expected = np.array(im.convert('RGB'))
+    dest = tmp_path / 'p.zip'
+    assert run([f'--source={src}', f'--dest={dest}']).exit_code == 0
+    with zipfile.ZipFile(dest) as z:
+        assert z.read(name(0)) == png_bytes(expected)
+
+# ----------------------------------------------------------------------------
+# Errors: one line, nothing left behind.
+
+
+def _folder(tmp_path, imgs, corrupt=None):
+    src = tmp_path / 'src'
+    for i, img in enumerate(imgs):
+        save_image(str(src / f'{i}.png'), img)
+    if corrupt is not None:
+        (src / corrupt).write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+    return src
+
+
+ERROR_CASES = {
+    'corrupt': (lambda r: [rand_img(r, 8, 8)] * 3, '3.png', [], 'cannot read image'),
+    'mixed-sizes': (lambda r: [rand_img(r, 8, 8), rand_img(r, 8, 8), rand_img(r, 16, 16)], None, [],
+                    'differs in width 16 (first image: 8), height 16 (first image: 8); use --resolution'),
+    'non-square': (lambda r: [rand_img(r, 8, 16)], None, [], 'must be square'),
+    'not-power-of-two': (lambda r: [rand_img(r, 12, 12)], None, [], 'not a power of two'),
+    'channels': (lambda r: [rand_img(r, 8, 8), rand_img(r, 8, 8, c=1)], None, [],
+                 'channels 1 (first image: 3); use --transform=center-crop'),
+    'transform-without-resolution': (lambda r: [rand_img(r, 8, 8)], None, ['--transform=center-crop'],
+                                     'needs --resolution'),
+    'bad-resolution': (lambda r: [rand_img(r, 8, 8)], None, ['--resolution=64'], 'not a resolution'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(ERROR_CASES))
+@pytest.mark.parametrize('kind', ['zip', 'folder'])
+def test_errors_leave_nothing(tmp_path, case, kind):
+    make, corrupt, extra, message = ERROR_CASES[case]
+    src = _folder(tmp_path, make(np.random.default_rng(6)), corrupt)
+    dest = tmp_path / 'new' / ('d.zip' if kind == 'zip' else 'd')
+    line = error_line(run([f'--source={src}', f'--dest={dest}'] + extra))
+    assert message in line
+    if case == 'corrupt':
+        assert str(src / '3.png') in line  # names the file
+    assert not (tmp_path / 'new').exists()  # neither the destination nor the folder made for it
+    assert leftovers(tmp_path) == []
+
+
+def test_dest_already_holding_data(tmp_path):
+    src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8)])
+    folder = tmp_path / 'full'
+    folder.mkdir()
+    (folder / 'keep.txt').write_text('x')
+    assert 'already holds data' in error_line(run([f'--source={src}', f'--dest={folder}']))
+    assert os.listdir(folder) == ['keep.txt']
+    zpath = tmp_path / 'old.zip'
+    zpath.write_bytes(b'old data')
+    assert 'already exists' in error_line(run([f'--source={src}', f'--dest={zpath}']))
+    assert zpath.read_bytes() == b'old data'
+    assert leftovers(tmp_path) == []
+
+
+def test_unknown_and_missing_source(tmp_path):
+    other = tmp_path / 'images.tar.gz'
+    other.write_bytes(b'x')
+    assert 'unknown source type' in error_line(run([f'--source={other}', f'--dest={tmp_path / "a.zip"}']))
+    assert 'no such file' in error_line(run([f'--source={tmp_path / "nope"}', f'--dest={tmp_path / "a.zip"}']))
+    assert not (tmp_path / 'a.zip').exists()
+
+
+def test_lmdb_without_optional_packages(tmp_path):
+    try:
+        import cv2  # noqa: F401 pylint: disable=unused-import,import-outside-toplevel
+        import lmdb  # noqa: F401 pylint: disable=unused-import,import-outside-toplevel
+        pytest.skip('lmdb and cv2 are installed')
+    except ImportError:
+        pass
+    src = tmp_path / 'bedroom_train_lmdb'
+    src.mkdir()
+    line = error_line(run([f'--source={src}', f'--dest={tmp_path / "l.zip"}']))
+    assert 'pip install lmdb opencv-python' in line
+    assert not (tmp_path / 'l.zip').exists()
+
+
+def test_cli_subprocess_error_and_help_file(tmp_path):
+    src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)])
+    res = subprocess.run([sys.executable, 'dataset_tool.py', f'--source={src}', f'--dest={tmp_path / "x.zip"}'],
+                         cwd=ROOT, capture_output=True, text=True, check=False)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith('Error: ')
+    assert 'Traceback' not in res.stderr
+    assert not (tmp_path / 'x.zip').exists()
+    live = subprocess.run([sys.executable, 'dataset_tool.py', '--help'], cwd=ROOT, capture_output=True, text=True,
+                          check=True, env=dict(os.environ, COLUMNS='200')).stdout
+    with open(os.path.join(ROOT, 'docs', 'dataset-tool-help.txt'), encoding='utf-8') as f:
+        assert f.read() == live, 'docs/dataset-tool-help.txt is stale: python dataset_tool.py --help > ' \
+            'docs/dataset-tool-help.txt'
+
+
+def test_convert_dataset_importable(tmp_path):
+    src = _folder(tmp_path, [np.full((4, 4, 3), 9, np.uint8)] * 2)
+    out = dataset_tool.convert_dataset(str(src), str(tmp_path / 'o.zip'), resolution='8x8', progress=False)
+    assert out == dict(written=2, skipped=0)
+    assert pathlib.Path(tmp_path / 'o.zip').is_file()
