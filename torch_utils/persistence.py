@@ -232,17 +232,15 @@ def _allowed_globals():
 
 class _ContainerStub:
     """A torch.nn container (ModuleDict etc.) read as data: its `__dict__` lands in `state`."""
-
-    def __init__(self, kind):
-        self.class_name = kind
-        self.state = {}
-
-    @classmethod
-    def factory(cls, kind):
-        return lambda *args, **kwargs: cls(kind)
+    class_name = None
 
     def __setstate__(self, state):
         self.state = state
+
+    @classmethod
+    def factory(cls, kind):
+        # NEWOBJ needs a real type; one subclass per container kind.
+        return type(f'_{kind}Stub', (cls,), dict(class_name=kind, state=None))
 
 
 class _SafeUnpickler(pickle.Unpickler):
