@@ -1,0 +1,276 @@
+"""Image datasets in the EDM / StyleGAN layout (a folder or an uncompressed zip made by dataset_tool.py).
+
+`Dataset` holds what every dataset shares (index subset, x-flips, labels, cache); `ImageFolderDataset` reads
+the images. Items are ``(uint8 CHW numpy array, float32 label)``; the training loop maps pixels with
+``x / 127.5 - 1``.
+
+Worker safety: a zip archive is opened lazily by each process that reads from it (DataLoader workers included)
+and the open handle is never pickled, so datasets can be handed to worker processes (fork or spawn).
+"""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import PIL.Image
+import torch
+
+try:
+    import pyspng
+except ImportError:
+    pyspng = None
+
+# ----------------------------------------------------------------------------
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Base class: `raw_shape` is [N, C, H, W]; subclasses implement `_load_raw_image` and `_load_raw_labels`.
+
+    * `max_size`: if the dataset has more images, a random subset of `max_size` of them (drawn with
+      ``np.random.RandomState(random_seed % 2**31)``, then sorted) is used.
+    * `xflip`: the index list is doubled, the second copy mirrored along W.
+    * `use_labels`: labels are returned (one-hot float32 for integer classes, float32 vectors otherwise);
+      without it the label has shape [0].
+    * `cache`: decoded images are kept in memory.
+    """
+
+    def __init__(self, name, raw_shape, max_size=None, use_labels=False, xflip=False, random_seed=0, cache=False):
+        self._name = name
+        self._raw_shape = list(raw_shape)
+        self._use_labels = use_labels
+        self._cache = cache
+        self._cached_images = {}
+        self._raw_labels = None
+        self._label_shape = None
+
+        indices = np.arange(self._raw_shape[0], dtype=np.int64)
+        if max_size is not None and indices.size > max_size:
+            order = indices.copy()
+            np.random.RandomState(random_seed % (1 << 31)).shuffle(order)
+            indices = np.sort(order[:max_size])
+        flips = np.zeros(indices.size, dtype=np.uint8)
+        if xflip:
+            indices = np.concatenate([indices, indices])
+            flips = np.concatenate([flips, np.ones_like(flips)])
+        self._raw_idx = indices
+        self._xflip = flips
+
+    # Subclass interface.
+    def _load_raw_image(self, raw_idx):  # -> uint8 CHW numpy array
+        raise NotImplementedError
+
+    def _load_raw_labels(self):  # -> int64 [N] or float32 [N, D] numpy array, or None
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def _get_raw_labels(self):
+        if self._raw_labels is None:
+            labels = self._load_raw_labels() if self._use_labels else None
+            if labels is None:
+                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
+            labels = np.asarray(labels)
+            if labels.shape[0] != self._raw_shape[0]:
+                raise IOError(f'{self._name}: {labels.shape[0]} labels for {self._raw_shape[0]} images')
+            if labels.dtype == np.int64:
+                if labels.ndim != 1 or (labels.size and labels.min() < 0):
+                    raise IOError(f'{self._name}: class labels must be non-negative integers, one per image')
+            elif labels.dtype != np.float32 or labels.ndim != 2:
+                raise IOError(f'{self._name}: labels must be integer classes or float vectors')
+            self._raw_labels = labels
+        return self._raw_labels
+
+    def __getstate__(self):
+        return dict(self.__dict__, _raw_labels=None)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    def __len__(self):
+        return self._raw_idx.size
+
+    def __getitem__(self, idx):
+        raw_idx = int(self._raw_idx[idx])
+        image = self._cached_images.get(raw_idx)
+        if image is None:
+            image = self._load_raw_image(raw_idx)
+            if self._cache:
+                self._cached_images[raw_idx] = image
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or list(image.shape) != self.image_shape:
+            shape = list(getattr(image, 'shape', []))
+            raise ImageShapeError(f'{self._describe(raw_idx)}: image of shape {shape} (CHW), but the dataset\'s images '
+                                  f'are {self.image_shape} (shape of the first image); all images must have the same '
+                                  'size and channels')
+        if self._xflip[idx]:
+            image = image[:, :, ::-1]
+        return image.copy(), self.get_label(idx)
+
+    def _describe(self, raw_idx):
+        return f'{self._name} image #{raw_idx}'
+
+    def get_label(self, idx):
+        label = self._get_raw_labels()[self._raw_idx[idx]]
+        if label.dtype == np.int64:
+            onehot = np.zeros(self.label_shape, dtype=np.float32)
+            onehot[label] = 1
+            return onehot
+        return label.copy()
+
+    def get_details(self, idx):
+        import dnnlib  # pylint: disable=import-outside-toplevel
+        raw_idx = int(self._raw_idx[idx])
+        return dnnlib.EasyDict(raw_idx=raw_idx, xflip=bool(self._xflip[idx]),
+                               raw_label=self._get_raw_labels()[raw_idx].copy())
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def image_shape(self):  # [C, H, W]
+        return list(self._raw_shape[1:])
+
+    @property
+    def num_channels(self):
+        return self.image_shape[0]
+
+    @property
+    def resolution(self):
+        if self.image_shape[1] != self.image_shape[2]:
+            raise ValueError(f'{self._name}: images are {self.image_shape[2]}x{self.image_shape[1]}, not square')
+        return self.image_shape[1]
+
+    @property
+    def label_shape(self):
+        if self._label_shape is None:
+            labels = self._get_raw_labels()
+            if labels.dtype == np.int64:
+                self._label_shape = [int(labels.max()) + 1 if labels.size else 0]
+            else:
+                self._label_shape = list(labels.shape[1:])
+        return list(self._label_shape)
+
+    @property
+    def label_dim(self):
+        if len(self.label_shape) != 1:
+            raise ValueError(f'{self._name}: labels of shape {self.label_shape} have no single dimension')
+        return self.label_shape[0]
+
+    @property
+    def has_labels(self):
+        return any(x != 0 for x in self.label_shape)
+
+    @property
+    def has_onehot_labels(self):
+        return self._get_raw_labels().dtype == np.int64
+
+
+class ImageShapeError(ValueError):
+    """An image whose size or channel count differs from the dataset's (the message is one line)."""
+
+# ----------------------------------------------------------------------------
+
+
+def _ext(name):
+    return os.path.splitext(name)[1].lower()
+
+
+class ImageFolderDataset(Dataset):
+    """Images from a folder (walked recursively) or a ``.zip``, in sorted file-name order.
+
+    Labels come from the root ``dataset.json`` (``{"labels": [[relative/path.png, label], ...]}``; integer
+    classes or lists of floats). `resolution`, when given, must match the images (IOError otherwise).
+    PNGs are decoded with pyspng when it is installed (and `use_pyspng`), else with PIL.
+    """
+
+    def __init__(self, path, resolution=None, use_pyspng=True, **super_kwargs):
+        self._path = path
+        self._use_pyspng = use_pyspng
+        self._zipfile = None
+        self._zipfile_pid = None
+
+        if not os.path.exists(path):
+            raise IOError(f'{path}: no such folder or zip file')
+        if os.path.isdir(path):
+            self._type = 'dir'
+            self._all_fnames = {os.path.relpath(os.path.join(root, fname), start=path)
+                                for root, _dirs, files in os.walk(path) for fname in files}
+        elif _ext(path) == '.zip':
+            self._type = 'zip'
+            try:
+                self._all_fnames = set(self._get_zipfile().namelist())
+            except (zipfile.BadZipFile, OSError) as e:
+                raise IOError(f'{path}: cannot read zip archive ({e})') from None
+        else:
+            raise IOError(f'{path}: the dataset path must be a folder or a .zip file')
+
+        PIL.Image.init()
+        self._image_fnames = sorted(f for f in self._all_fnames if _ext(f) in PIL.Image.EXTENSION)
+        if len(self._image_fnames) == 0:
+            raise IOError(f'{path}: no image files found')
+        name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+        raw_shape = [len(self._image_fnames)] + list(self._load_raw_image(0).shape)
+        if resolution is not None and (raw_shape[2] != resolution or raw_shape[3] != resolution):
+            raise IOError(f'{path}: images are {raw_shape[3]}x{raw_shape[2]}, but resolution={resolution} was asked')
+        super().__init__(name=name, raw_shape=raw_shape, **super_kwargs)
+
+    def _get_zipfile(self):
+        if self._zipfile is None or self._zipfile_pid != os.getpid():
+            # A handle inherited through fork shares its file offset with the parent: open a fresh one.
+            self._zipfile = zipfile.ZipFile(self._path)
+            self._zipfile_pid = os.getpid()
+        return self._zipfile
+
+    def _open_file(self, fname):
+        if self._type == 'dir':
+            return open(os.path.join(self._path, fname), 'rb')
+        return self._get_zipfile().open(fname, 'r')
+
+    def close(self):
+        try:
+            if self._zipfile is not None and self._zipfile_pid == os.getpid():
+                self._zipfile.close()
+        finally:
+            self._zipfile = None
+            self._zipfile_pid = None
+
+    def __getstate__(self):
+        return dict(super().__getstate__(), _zipfile=None, _zipfile_pid=None)
+
+    def _describe(self, raw_idx):
+        return os.path.join(self._path, self._image_fnames[raw_idx])
+
+    def _load_raw_image(self, raw_idx):
+        fname = self._image_fnames[raw_idx]
+        try:
+            with self._open_file(fname) as f:
+                if self._use_pyspng and pyspng is not None and _ext(fname) == '.png':
+                    image = pyspng.load(f.read())
+                else:
+                    image = np.array(PIL.Image.open(f))
+        except Exception as e:  # pylint: disable=broad-except
+            raise IOError(f'{self._describe(raw_idx)}: cannot read image ({" ".join(str(e).split())})') from None
+        if image.ndim == 2:
+            image = image[:, :, np.newaxis]  # HW => HWC
+        return image.transpose(2, 0, 1)  # HWC => CHW
+
+    def _load_raw_labels(self):
+        fname = 'dataset.json'
+        if fname not in self._all_fnames:
+            return None
+        with self._open_file(fname) as f:
+            labels = json.load(f).get('labels')
+        if labels is None:
+            return None
+        labels = dict(labels)
+        missing = [f for f in self._image_fnames if f.replace('\\', '/') not in labels]
+        if missing:
+            raise IOError(f'{self._path}: dataset.json has no label for {missing[0]} '
+                          f'({len(missing)} image(s) without a label)')
+        labels = np.array([labels[f.replace('\\', '/')] for f in self._image_fnames])
+        return labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
