@@ -16,7 +16,7 @@ def fixtures_dir(*parts):
     for base in (os.path.join(ROOT, '..', 'shared', 'fixtures'), os.environ.get('EDMKIT_FIXTURES', '')):
         if base and os.path.isdir(base):
             return os.path.join(os.path.abspath(base), *parts)
-    pytest.skip('shared fixtures folder not found (expected ../shared/fixtures)')
+    pytest.fail('shared fixtures folder not found (expected ../shared/fixtures next to the repository)')
 
 
 @pytest.fixture
