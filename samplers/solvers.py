@@ -1,0 +1,519 @@
+"""Training-free ODE solvers for the probability-flow ODE, one function per solver.
+
+Every solver integrates dx/dsigma = d(x; sigma) = (x - D(x; sigma)) / sigma (Karras et al. 2022, eq. 3 with
+sigma(t) = t, s(t) = 1) over a given schedule t_0 > ... > t_{N-1} > 0 and shares one signature:
+
+    solver(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, **options) -> x
+
+`x` is the start state x_0 = latents * t_0; the return value is the state at t_{N-1}. `callback(i, t_cur,
+t_next, x_cur, x_next, d_cur)` is called after every step i with the first-stage derivative d_cur used at t_i
+(GITS records teacher trajectories this way). The state stays in the dtype of `x`; `samplers.sample` runs them
+in float32, as the GITS toolbox (zju-pi/diff-sampler) does, so outputs match it to float32 round-off.
+
+AFS (analytical first step, Dockhorn et al. 2022 "GENIE" / Zhou et al. 2024 "AMED", sec. 3.3): on step 0 the
+net call is replaced by d_0 = x_0 / sqrt(1 + t_0^2), which saves one NFE.
+
+NFE below is for N = len(t_steps) timestamps, without AFS (AFS saves one) and without denoise_to_zero (adds one).
+"""
+
+import numpy as np
+import torch
+
+from .schedules import vp_fit
+
+# ----------------------------------------------------------------------------
+# Shared pieces.
+
+
+def _denoise(net, x, t, class_labels, model_kwargs):
+    """D(x; t) in the state dtype."""
+    return net(x, t, class_labels, **(model_kwargs or {})).to(x.dtype)
+
+
+def _derivative(net, x, t, class_labels, model_kwargs):
+    # Karras et al. 2022, eq. 3 (sigma(t) = t, s(t) = 1): dx/dt = (x - D(x; t)) / t.
+    return (x - _denoise(net, x, t, class_labels, model_kwargs)) / t
+
+
+def _afs_derivative(x, t):
+    # Analytical first step (Zhou et al. 2024, AMED, sec. 3.3): at t_0 >> 1, D ~ 0 and x / sqrt(1 + t^2) ~ n.
+    return x / torch.sqrt(1 + t ** 2)
+
+
+def _first_derivative(net, x, t, i, afs, class_labels, model_kwargs):
+    """d at step i: analytic on the AFS step, else one net call."""
+    if afs and i == 0:
+        return _afs_derivative(x, t)
+    return _derivative(net, x, t, class_labels, model_kwargs)
+
+
+def dynamic_threshold(x0, quantile=0.995):
+    """Dynamic thresholding (Saharia et al. 2022, Imagen, sec. 2.3): s = max(1, q_0.995(|x0|)) per sample.
+
+    Returns clip(x0, -s, s) / s. Kept as in the GITS toolbox: always on for DPM-Solver++ and UniPC in
+    data-prediction mode (it is inactive when |x0| <= 1 everywhere).
+    """
+    s = torch.quantile(x0.abs().reshape(x0.shape[0], -1), quantile, dim=1).clamp(min=1)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def _data_or_noise(net, x, t, i, afs, predict_x0, class_labels, model_kwargs):
+    """Model output of the exponential-integrator solvers: thresholded D in data mode, d in noise mode."""
+    d = _first_derivative(net, x, t, i, afs, class_labels, model_kwargs)
+    if predict_x0:
+        return dynamic_threshold(x - t * d)  # D = x - t d (exact inverse of eq. 3 on the net call)
+    return d
+
+
+def _lambda(t):
+    # Half log-SNR in VE form (Lu et al. 2022, DPM-Solver, sec. 3.1 with alpha = 1): lambda = -ln(sigma).
+    return -torch.log(t)
+
+
+def _check_order(name, max_order, highest):
+    if not isinstance(max_order, (int, np.integer)) or not 1 <= max_order <= highest:
+        raise ValueError(f'{name}: max_order must be an integer in 1..{highest} (got {max_order!r})')
+    return int(max_order)
+
+# ----------------------------------------------------------------------------
+# Single-step solvers.
+
+
+def euler(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None):
+    """Euler (= DDIM, Song et al. 2021). NFE = N - 1."""
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
+        x_next = x + (t_next - t_cur) * d_cur  # explicit Euler on eq. 3
+        if callback is not None:
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        x = x_next
+    return x
+
+
+def heun(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None):
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1), corrected on every step. NFE = 2 (N - 1).
+
+    On the AFS step only the first evaluation is replaced; the corrector still calls the net.
+    """
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
+        x_pred = x + (t_next - t_cur) * d_cur  # Karras et al. 2022, Alg. 1 line 5
+        d_prime = _derivative(net, x_pred, t_next, class_labels, model_kwargs)  # Alg. 1 lines 7-8
+        x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)  # Alg. 1 line 8 (trapezoid)
+        if callback is not None:
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        x = x_next
+    return x
+
+
+def dpm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, r=0.5):
+    """DPM-Solver-2 (Lu et al. 2022, Algorithm 4 in the sigma variable, as in the GITS toolbox). NFE = 2 (N - 1).
+
+    The intermediate point is t_mid = t_next^r t_cur^(1-r) (r = 1/2: the midpoint in lambda = -ln sigma).
+    """
+    if not 0 < r <= 1:
+        raise ValueError(f'dpm: r must be in (0, 1] (got {r!r})')
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
+        t_mid = (t_next ** r) * (t_cur ** (1 - r))  # Lu et al. 2022, Alg. 4: s_i = t_{i-1} + r h_i in lambda
+        x_mid = x + (t_mid - t_cur) * d_cur
+        d_mid = _derivative(net, x_mid, t_mid, class_labels, model_kwargs)
+        # Lu et al. 2022, Alg. 4 (generic r, first-order difference of the two derivatives).
+        x_next = x + (t_next - t_cur) * ((1 / (2 * r)) * d_mid + (1 - 1 / (2 * r)) * d_cur)
+        if callback is not None:
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        x = x_next
+    return x
+
+# ----------------------------------------------------------------------------
+# Linear multistep solvers on the derivative d (Adams-Bashforth family).
+
+# Adams-Bashforth coefficients for equal steps (Hairer, Norsett & Wanner, Solving ODEs I, sec. III.1, Table 1.1),
+# newest first. iPNDM (Zhang & Chen 2023, DEIS, App. B / eq. 29) applies them to the sigma increment.
+# Stored as (numerators, denominator).
+_AB_COEFFS = {1: ((1,), 1), 2: ((3, -1), 2), 3: ((23, -16, 5), 12), 4: ((55, -59, 37, -9), 24)}
+
+
+def ipndm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4):
+    """Improved PNDM (Zhang & Chen 2023, DEIS, eq. 29): equal-step Adams-Bashforth weights on dsigma.
+
+    Order min(max_order, i + 1) at step i (warm-up 1, 2, 3, 4, 4, ...); the weights ignore the uneven sigma
+    spacing, which makes the method second order on a non-uniform grid. max_order 1..4. NFE = N - 1.
+    """
+    max_order = _check_order('ipndm', max_order, 4)
+    history = []  # previous derivatives, newest first
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
+        order = min(max_order, i + 1)
+        numerators, denominator = _AB_COEFFS[order]
+        slope = numerators[0] * d_cur
+        for c, d_old in zip(numerators[1:], history):
+            slope = slope + c * d_old
+        x_next = x + (t_next - t_cur) * slope / denominator  # Zhang & Chen 2023, eq. 29
+        if callback is not None:
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        history = [d_cur] + history[:max_order - 2] if max_order > 1 else []
+        x = x_next
+    return x
+
+
+def _ipndm_v_coeffs(order, h0, h1=None, h2=None, h3=None):
+    """Weights c_k (newest first) of the variable-step iPNDM update x_{i+1} = x_i + h0 sum_k c_k d_{i-k}.
+
+    h0 = t_{i+1} - t_i, h1 = t_i - t_{i-1}, h2 = t_{i-1} - t_{i-2}, h3 = t_{i-2} - t_{i-3} (signed). Orders 2 and 3
+    are the variable-step Adams-Bashforth weights (Hairer, Norsett & Wanner, sec. III.5, eq. 5.5); the order-4
+    weights are the GITS toolbox's (zju-pi/diff-sampler `ipndm_v`), kept as published: on an equal grid they
+    give (57, -65, 43, -11)/24 instead of AB4's (55, -59, 37, -9)/24, i.e. a consistent 3rd-order method.
+    """
+    if order == 1:
+        return (1.0,)
+    a = h0 / (2 * h1)
+    if order == 2:
+        return (1 + a, -a)  # variable-step AB2
+    t1 = 0.5 * (1 - h0 ** 2 / (3 * h1 * (h1 + h2)))  # variable-step AB3 correction term
+    if order == 3:
+        return (1 + a + t1, -a - (1 + h1 / h2) * t1, t1 * h1 / h2)
+    # Order 4 exactly as the toolbox (see docstring).
+    t2 = ((0.5 * (1 - h0 / (3 * (h0 + h1))) + (1 - h0 / (2 * (h0 + h1))) * h0 / (6 * (h0 + h1 + h2)))
+          * (h0 * (h0 + h1) * (h0 + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3)))
+    big_a = h1 * (h1 + h2) / (h2 * (h2 + h3))
+    return (1 + a + t1 + t2,
+            -a - (1 + h1 / h2) * t1 - (1 + h1 / h2 + big_a) * t2,
+            t1 * h1 / h2 + (h1 / h2 + big_a * (1 + h2 / h3)) * t2,
+            -t2 * big_a * h1 / h2)
+
+
+def ipndm_v(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4):
+    """Variable-step iPNDM (Zhang & Chen 2023; GITS toolbox `ipndm_v`). NFE = N - 1.
+
+    Order min(max_order, i + 1); orders 2-3 are exact variable-step Adams-Bashforth in sigma, order 4 keeps the
+    toolbox's weights (3rd order, see `_ipndm_v_coeffs`). max_order 1..4.
+    """
+    max_order = _check_order('ipndm_v', max_order, 4)
+    t = t_steps
+    history = []
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
+        order = min(max_order, i + 1)
+        hs = [t_next - t_cur] + [t[i - k] - t[i - k - 1] for k in range(order - 1)]
+        coeffs = _ipndm_v_coeffs(order, *hs)
+        slope = coeffs[0] * d_cur
+        for c, d_old in zip(coeffs[1:], history):
+            slope = slope + c * d_old
+        x_next = x + (t_next - t_cur) * slope
+        if callback is not None:
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        history = [d_cur] + history[:max_order - 2] if max_order > 1 else []
+        x = x_next
+    return x
+
+
+# DEIS-tAB: VP map hard-coded to (sigma_min, sigma_max) = (0.002, 80) whatever the model (as the toolbox does).
+_DEIS_VP_RANGE = (0.002, 80.0)
+_DEIS_NODES = 10000
+
+
+def _deis_tab_table(t_steps, max_order):
+    """C[i][k] of DEIS-tAB (Zhang & Chen 2023, eq. 15/Sec. 4): integrals of Lagrange polynomials in VP time tau.
+
+    C_{i,k} = int_{tau_i}^{tau_{i+1}} (dsigma/dtau) l_k(tau) dtau, with l_k the Lagrange basis on tau_i, ...,
+    tau_{i-p+1}. As in the GITS toolbox, the integral is the Riemann sum (tau_{i+1} - tau_i) / M sum_m f(s_m) l_k(s_m)
+    over M = 10000 float32-linspace nodes including both ends (relative error ~1e-5; kept for bit-compatibility).
+    """
+    beta_d, beta_min = (float(v) for v in vp_fit(*_DEIS_VP_RANGE, dtype=torch.float32))
+    t32 = t_steps.detach().to(torch.float32).cpu()
+    # EDM Table 1, VP sigma^{-1}: tau = (sqrt(beta_min^2 + 2 beta_d ln(sigma^2 + 1)) - beta_min) / beta_d.
+    tau = ((beta_min ** 2 + 2 * beta_d * torch.log(t32 ** 2 + 1)).sqrt() - beta_min) / beta_d
+    table = []
+    for i in range(len(t32) - 1):
+        order = min(max_order, i + 1)
+        if order == 1:
+            table.append([t_steps[i + 1] - t_steps[i]])  # first order is plain Euler in sigma (as the toolbox)
+            continue
+        s = torch.linspace(float(tau[i]), float(tau[i + 1]), _DEIS_NODES, dtype=torch.float32).numpy()
+        s = s.astype(np.float64)
+        # dsigma/dtau = (beta_d tau + beta_min) / (2 sqrt(abar (1 - abar))), ln abar = -beta_d tau^2/2 - beta_min tau
+        # (Song et al. 2021, VP-SDE marginals; sigma = sqrt((1 - abar) / abar)).
+        abar = np.exp(-0.5 * beta_d * s ** 2 - beta_min * s)
+        f = 0.5 * (beta_d * s + beta_min) / np.sqrt(abar * (1 - abar))
+        nodes = [float(tau[i - j]) for j in range(order)]
+        width = (float(tau[i + 1]) - float(tau[i])) / _DEIS_NODES
+        row = []
+        for k in range(order):
+            ell = np.ones_like(s)
+            for j in range(order):
+                if j != k:
+                    ell = ell * (s - nodes[j]) / (nodes[k] - nodes[j])  # Lagrange basis l_k
+            row.append(float(np.sum(f * ell)) * width)
+        table.append(row)
+    return table
+
+
+def _rhoab_table(t_steps, max_order):
+    """C[i][k] of DEIS rho-AB (Zhang & Chen 2023, sec. 4, "rhoAB"): Adams-Bashforth in rho = sigma.
+
+    C_{i,k} = int_{t_i}^{t_{i+1}} l_k(sigma) dsigma, with l_k the Lagrange basis on t_i, ..., t_{i-p+1}; the
+    integrals are exact (Gauss-Legendre with 4 points is exact up to degree 7).
+    """
+    t64 = t_steps.detach().to(torch.float64).cpu().numpy()
+    gx, gw = np.polynomial.legendre.leggauss(4)
+    table = []
+    for i in range(len(t64) - 1):
+        order = min(max_order, i + 1)
+        a, b = t64[i], t64[i + 1]
+        sig = 0.5 * (b - a) * gx + 0.5 * (a + b)
+        nodes = [t64[i - j] for j in range(order)]
+        row = []
+        for k in range(order):
+            ell = np.ones_like(sig)
+            for j in range(order):
+                if j != k:
+                    ell = ell * (sig - nodes[j]) / (nodes[k] - nodes[j])
+            row.append(float(0.5 * (b - a) * np.sum(gw * ell)))
+        table.append(row)
+    return table
+
+
+DEIS_MODES = ('tab', 'rhoab')
+
+
+def deis(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4,
+         deis_mode='tab'):
+    """DEIS (Zhang & Chen 2023): x_{i+1} = x_i + sum_k C_{i,k} d_{i-k}, order min(max_order, i + 1). NFE = N - 1.
+
+    deis_mode='tab': polynomial extrapolation of d in VP time tau (DEIS-tAB, as in the toolbox).
+    deis_mode='rhoab': polynomial extrapolation in rho = sigma, i.e. variable-step Adams-Bashforth (DEIS-rhoAB).
+      The GITS toolbox's 'rhoab' used one node too many (crashing for max_order 2, 3 and freezing the
+      coefficients from step 4 on for max_order 4); this implementation follows the paper.
+    max_order 1..4.
+    """
+    max_order = _check_order('deis', max_order, 4)
+    if deis_mode not in DEIS_MODES:
+        raise ValueError(f"deis: deis_mode must be one of {', '.join(DEIS_MODES)} (got {deis_mode!r})")
+    table = (_deis_tab_table if deis_mode == 'tab' else _rhoab_table)(t_steps, max_order)
+    history = []
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
+        coeffs = table[i]
+        x_next = x + coeffs[0] * d_cur  # Zhang & Chen 2023, eq. 15 in the sigma variable
+        for c, d_old in zip(coeffs[1:], history):
+            x_next = x_next + c * d_old
+        if callback is not None:
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        history = [d_cur] + history[:max_order - 2] if max_order > 1 else []
+        x = x_next
+    return x
+
+# ----------------------------------------------------------------------------
+# Exponential-integrator multistep solvers (VE form, alpha = 1).
+
+
+def _dpmpp_order(i, n_steps, max_order, lower_order_final):
+    """Order of step i of N-1 steps: warm-up first, then optionally lower orders on the final steps."""
+    if i + 1 < max_order:
+        return i + 1
+    return min(max_order, n_steps - i) if lower_order_final else max_order
+
+
+def dpmpp(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=3,
+          predict_x0=True, lower_order_final=True):
+    """Multistep DPM-Solver++ (Lu et al. 2022b, Algorithm 2 and App. B "3M"), VE form. NFE = N - 1.
+
+    predict_x0=True: data prediction (DPM-Solver++) with 0.995-quantile dynamic thresholding, kept from the
+    toolbox; predict_x0=False: noise prediction (multistep DPM-Solver). Order min(max_order, i + 1) during
+    warm-up; with lower_order_final the last steps use min(max_order, steps left). max_order 1..3.
+    """
+    max_order = _check_order('dpmpp', max_order, 3)
+    n_steps = len(t_steps) - 1
+    ms, ts = [], []  # model outputs and their times, newest last (at most 3)
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        m = _data_or_noise(net, x, t_cur, i, afs, predict_x0, class_labels, model_kwargs)
+        ms, ts = (ms + [m])[-3:], (ts + [t_cur])[-3:]
+        order = _dpmpp_order(i, n_steps, max_order, lower_order_final)
+        h = _lambda(t_next) - _lambda(t_cur)
+        if predict_x0:
+            phi_1 = torch.exp(-h) - 1
+            x_next = (t_next / t_cur) * x - phi_1 * m  # Lu et al. 2022b, eq. 9 (first order = DDIM)
+        else:
+            phi_1 = torch.exp(h) - 1
+            x_next = x - t_next * phi_1 * m  # Lu et al. 2022a, eq. 3.7 (first order = DDIM)
+        if order >= 2:
+            r0 = (_lambda(ts[-1]) - _lambda(ts[-2])) / h
+            d1_0 = (ms[-1] - ms[-2]) / r0
+            if order == 2:
+                d1 = d1_0
+                # Lu et al. 2022b, Alg. 2 (2M): x_t = (t/s) x - phi_1 m - phi_1 D1 / 2.
+                x_next = x_next - 0.5 * phi_1 * d1 if predict_x0 else x_next - 0.5 * t_next * phi_1 * d1
+            else:
+                r1 = (_lambda(ts[-2]) - _lambda(ts[-3])) / h
+                d1_1 = (ms[-2] - ms[-3]) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # Lu et al. 2022b, App. B (3M) eq. for D1
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                if predict_x0:
+                    phi_2 = phi_1 / h + 1
+                    phi_3 = phi_2 / h - 0.5
+                    x_next = x_next + phi_2 * d1 - phi_3 * d2  # Lu et al. 2022b, App. B, 3M update
+                else:
+                    phi_2 = phi_1 / h - 1
+                    phi_3 = phi_2 / h - 0.5
+                    x_next = x_next - t_next * (phi_2 * d1 + phi_3 * d2)  # Lu et al. 2022a, App. B, 3M (noise)
+        if callback is not None:
+            d_cur = (x - m) / t_cur if predict_x0 else m
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        x = x_next
+    return x
+
+
+UNIPC_VARIANTS = ('bh1', 'bh2')
+
+
+def _unipc_update(x, t, ms, ts, order, predict_x0, variant, corrector):
+    """One UniPC step of order p from the buffer (newest last) to time t (Zhao et al. 2023, Alg. 1-3, VE form).
+
+    Returns (x_t predicted, function(m_t) -> corrected x_t or None).
+    """
+    m0, t0 = ms[-1], ts[-1]
+    h = _lambda(t) - _lambda(t0)
+    rks, d1s = [], []
+    for k in range(1, order):
+        rk = (_lambda(ts[-(k + 1)]) - _lambda(t0)) / h  # Zhao et al. 2023, r_k = (lambda_{t_{i-k}} - lambda_{t_{i-1}}) / h
+        rks.append(rk)
+        d1s.append((ms[-(k + 1)] - m0) / rk)  # D_k = (m_k - m_0) / r_k
+    rks.append(torch.ones_like(h))
+    rks = torch.stack(rks)
+    hh = -h if predict_x0 else h  # data prediction integrates e^{-h}, noise prediction e^{h}
+    h_phi_1 = torch.exp(hh) - 1  # phi_1(hh) * hh
+    b_h = hh if variant == 'bh1' else torch.exp(hh) - 1  # Zhao et al. 2023, B_1(h) = h, B_2(h) = e^h - 1
+    # g_1 = phi_1/hh - 1, g_{j+1} = g_j / hh - 1/(j+1)!; b_j = j! g_j / B(h) (Zhao et al. 2023, eq. 8 / App. C).
+    g = h_phi_1 / hh - 1
+    fact = 1
+    rows, b = [], []
+    for j in range(1, order + 1):
+        rows.append(rks ** (j - 1))  # R_{jk} = r_k^{j-1}
+        b.append(g * fact / b_h)
+        fact *= j + 1
+        g = g / hh - 1 / fact
+    big_r = torch.stack(rows)
+    b = torch.stack(b)
+
+    if len(d1s) > 0:
+        d1s = torch.stack(d1s, dim=1)  # [B, p-1, ...]
+        # Predictor weights (UniP-p): rho = [1/2] for p = 2, else solve R_{p-1} rho = b_{p-1}.
+        rhos_p = torch.tensor([0.5], dtype=x.dtype, device=x.device) if order == 2 \
+            else torch.linalg.solve(big_r[:-1, :-1], b[:-1])
+        pred_res = torch.einsum('k,bk...->b...', rhos_p, d1s)
+    else:
+        d1s, pred_res = None, 0
+    if predict_x0:
+        x_base = (t / t0) * x - h_phi_1 * m0  # Zhao et al. 2023, Alg. 2 (data prediction), alpha = 1
+        x_pred = x_base - b_h * pred_res
+    else:
+        x_base = x - t * h_phi_1 * m0  # Zhao et al. 2023, Alg. 3 (noise prediction), alpha = 1
+        x_pred = x_base - t * b_h * pred_res
+    if not corrector:
+        return x_pred, None
+    # Corrector weights (UniC-p): rho = [1/2] for p = 1, else solve R rho = b.
+    rhos_c = torch.tensor([0.5], dtype=x.dtype, device=x.device) if order == 1 else torch.linalg.solve(big_r, b)
+
+    def correct(m_t):
+        corr_res = torch.einsum('k,bk...->b...', rhos_c[:-1], d1s) if d1s is not None else 0
+        corr = corr_res + rhos_c[-1] * (m_t - m0)
+        return x_base - b_h * corr if predict_x0 else x_base - t * b_h * corr  # UniC update
+
+    return x_pred, correct
+
+
+def unipc(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=3,
+          predict_x0=True, lower_order_final=True, variant='bh2'):
+    """UniPC (Zhao et al. 2023): UniP-p predictor + UniC corrector, B(h) variant 'bh1' or 'bh2'. max_order 1..3.
+
+    NFE = N - 1: one evaluation at t_0 plus one corrector evaluation per step except the last. As in the GITS
+    toolbox, a step that is still in warm-up (i + 1 < max_order) runs the corrector even if it is the last step,
+    which costs one more evaluation when N - 1 < max_order (the toolbox did not count it; `solver_nfe` does).
+    Data-prediction mode applies 0.995-quantile dynamic thresholding (kept from the toolbox).
+    """
+    max_order = _check_order('unipc', max_order, 3)
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"unipc: variant must be one of {', '.join(UNIPC_VARIANTS)} (got {variant!r})")
+    n_steps = len(t_steps) - 1
+    ms = [_data_or_noise(net, x, t_steps[0], 0, afs, predict_x0, class_labels, model_kwargs)]
+    ts = [t_steps[0]]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        warmup = i + 1 < max_order
+        if warmup:
+            order, corrector = i + 1, True
+        else:
+            order = min(max_order, n_steps - i) if lower_order_final else max_order
+            corrector = i < n_steps - 1
+        d_cur = (x - ms[-1]) / t_cur if predict_x0 else ms[-1]
+        x_next, correct = _unipc_update(x, t_next, ms, ts, order, predict_x0, variant, corrector)
+        m_next = None
+        if correct is not None:
+            # The model output at the predicted point is both the corrector input and the next buffer entry.
+            m_next = _data_or_noise(net, x_next, t_next, 1, False, predict_x0, class_labels, model_kwargs)
+            x_next = correct(m_next)
+        if warmup:
+            ms, ts = ms + [m_next], ts + [t_next]
+        else:
+            ms, ts = (ms + [m_next if m_next is not None else ms[-1]])[1:], (ts + [t_next])[1:]
+        if callback is not None:
+            callback(i, t_cur, t_next, x, x_next, d_cur)
+        x = x_next
+    return x
+
+# ----------------------------------------------------------------------------
+# Registry and NFE.
+
+SOLVERS = dict(euler=euler, heun=heun, dpm=dpm, ipndm=ipndm, ipndm_v=ipndm_v, deis=deis, dpmpp=dpmpp,
+               unipc=unipc)
+
+# Options each solver accepts, with defaults (the GITS toolbox's defaults, except max_order 3 for dpmpp/unipc,
+# whose toolbox default of 4 fails).
+SOLVER_DEFAULTS = dict(
+    euler={}, heun={}, dpm=dict(r=0.5),
+    ipndm=dict(max_order=4), ipndm_v=dict(max_order=4), deis=dict(max_order=4, deis_mode='tab'),
+    dpmpp=dict(max_order=3, predict_x0=True, lower_order_final=True),
+    unipc=dict(max_order=3, predict_x0=True, lower_order_final=True, variant='bh2'),
+    edm=dict(S_churn=0, S_min=0, S_max=float('inf'), S_noise=1),
+)
+
+_TWO_EVAL = ('heun', 'dpm')
+
+
+def solver_defaults(solver):
+    """The options `solver` accepts, with their defaults."""
+    if solver not in SOLVER_DEFAULTS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVER_DEFAULTS)}")
+    return dict(SOLVER_DEFAULTS[solver])
+
+
+def check_solver_options(solver, options):
+    """Raise TypeError naming any option that `solver` does not accept; return options merged with defaults."""
+    defaults = solver_defaults(solver)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        accepted = ', '.join(defaults) if defaults else 'none'
+        raise TypeError(f"solver {solver!r} does not accept option(s) {', '.join(unknown)} (accepted: {accepted})")
+    return {**defaults, **options}
+
+
+def solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options):
+    """Number of net evaluations of `samplers.sample(solver=..., num_steps=...)`.
+
+    num_steps counts timestamps (N; for GITS+AFS schedules pass their length). edm: EDM's meaning
+    (noise levels before the final zero), NFE = 2 num_steps - 1.
+    """
+    num_steps = int(num_steps)
+    if solver == 'edm':
+        return 2 * num_steps - 1
+    opts = check_solver_options(solver, options)
+    n = num_steps - 1
+    nfe = 2 * n if solver in _TWO_EVAL else n
+    if solver == 'unipc' and n < opts['max_order']:
+        nfe += 1  # warm-up corrector on the final step (see `unipc`)
+    return nfe - int(bool(afs)) + int(bool(denoise_to_zero))
+
+
+__all__ = ['SOLVERS', 'SOLVER_DEFAULTS', 'solver_defaults', 'check_solver_options', 'solver_nfe',
+           'dynamic_threshold', 'euler', 'heun', 'dpm', 'ipndm', 'ipndm_v', 'deis', 'dpmpp', 'unipc']
