@@ -490,7 +490,8 @@ def _check_attributes(img, where, first):
             raise DatasetToolError(f'{where}: image side {width} is not a power of two; use --resolution=WxH')
         return attrs
     if attrs != first:
-        diffs = ', '.join(f'{key} {attrs[key]} (first image: {first[key]})' for key in attrs if attrs[key] != first[key])
+        diffs = ', '.join(f'{key} {attrs[key]} (first image: {first[key]})'
+                          for key in attrs if attrs[key] != first[key])
         hints = []
         if attrs['width'] != first['width'] or attrs['height'] != first['height']:
             hints.append('--resolution=WxH to resize all images')

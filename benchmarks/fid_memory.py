@@ -114,7 +114,8 @@ def main(sizes, res, workers, batch, out):
         'RSS sampled every 20 ms; "tree" sums the main process and its data-loader workers (shared pages are',
         'counted in every process that maps them, so it overstates the true footprint).',
         '',
-        f'| images | wall time (s) | peak RSS, main (MiB) | peak RSS, tree (MiB) | main / {base[0]} | tree / {base[0]} |',
+        '| images | wall time (s) | peak RSS, main (MiB) | peak RSS, tree (MiB) | '
+        f'main / {base[0]} | tree / {base[0]} |',
         '|---:|---:|---:|---:|---:|---:|',
     ]
     for num, wall, main_mib, tree_mib in rows:
