@@ -65,9 +65,17 @@ def choose_sampler(opts):
     kwargs = dict(solver=solver, schedule_type=opts.get('schedule_type') or 'polynomial',
                   schedule_rho=7 if opts.get('schedule_rho') is None else opts['schedule_rho'],
                   afs=opts['afs'], denoise_to_zero=opts['denoise_to_zero'])
+    import samplers
+    accepted = samplers.solver_defaults(solver)
+    ignored = []
     for key in ('max_order', 'predict_x0', 'lower_order_final', 'variant', 'deis_mode'):
         if opts.get(key) is not None:
-            kwargs[key] = opts[key]
+            if key in accepted:
+                kwargs[key] = opts[key]
+            else:
+                ignored.append(f'--{key}')
+    if ignored:  # The GITS toolbox passes every option to every solver; keep its command lines working.
+        dist.print0(f'Note: {", ".join(ignored)} not used by --solver={solver}; ignored.')
     _copy_sigmas(opts, kwargs)
     if opts.get('t_steps') is not None:
         t_steps = opts['t_steps']
@@ -317,7 +325,7 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
     try:
         generation.generate_images(net, seeds, outdir, sampler_fn, max_batch_size=max_batch_size,
                                    class_idx=class_idx, subdirs=subdirs, device=device)
-    except ValueError as e:  # Invalid sampler settings detected by the library (one line).
+    except (ValueError, TypeError) as e:  # Invalid sampler settings detected by the library (one line).
         raise click.ClickException(str(e))
     if grid and dist.get_rank() == 0:
         dist.print0(f'Saved grid to {generation.save_grid(outdir, seeds, subdirs)}')

@@ -167,3 +167,31 @@ def test_torchrun_two_processes_match_single_process(nets, tmp_path):
     assert multi.returncode == 0, multi.stderr[-2000:]
     one, two = digests(tmp_path / 'one'), digests(tmp_path / 'two')
     assert len(one) == 5 and one == two
+
+
+def test_gits_search_saved_cached_and_reusable(nets, tmp_path, monkeypatch):
+    import json
+    import samplers
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    args = [f'--network={nets["cond"]}', '--seeds=0-1', '--solver=ipndm', '--num_steps=4', '--dp=True',
+            '--num_warmup=3', '--num_steps_tea=9']
+    code, out = run(args + [f'--outdir={tmp_path / "dp1"}'])
+    assert code == 0, out
+    assert 'Searching a GITS schedule' in out
+    with open(tmp_path / 'dp1' / 'gits_schedule.json') as f:
+        t_steps = json.load(f)['t_steps']
+    fine = samplers.get_schedule(9, 0.002, 80).tolist()
+    assert len(t_steps) == 4 and t_steps[0] == fine[0] and t_steps[-1] == fine[-1]
+    assert all(t in fine for t in t_steps)  # GITS picks a subset of the teacher's fine grid.
+    code, out = run(args + [f'--outdir={tmp_path / "dp2"}'])
+    assert code == 0 and 'Reusing the GITS schedule' in out
+    code, out = run([f'--network={nets["cond"]}', '--seeds=0-1', '--solver=ipndm', f'--outdir={tmp_path / "ts"}',
+                     '--t_steps=[' + ','.join(repr(t) for t in t_steps) + ']'])
+    assert code == 0, out
+    assert digests(tmp_path / 'dp1') == digests(tmp_path / 'dp2') == digests(tmp_path / 'ts')
+
+
+def test_toolbox_options_ignored_where_meaningless(nets, tmp_path):
+    code, out = run([f'--network={nets["uncond"]}', f'--outdir={tmp_path / "e"}', '--seeds=0', '--solver=euler',
+                     '--num_steps=3', '--max_order=4'])
+    assert code == 0 and '--max_order not used by --solver=euler' in out and 'NFE = 2' in out
