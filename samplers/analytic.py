@@ -168,4 +168,60 @@ def solve_pf_ode(net, x, sigma_from, sigma_to, rtol=1e-11, atol=1e-12, class_lab
     return torch.from_numpy(sol.y[:, -1].copy()).to(device).reshape(shape)
 
 
-__all__ = ['AnalyticDenoiser', 'Gaussian', 'GaussianMixture', 'IdealDenoiser', 'solve_pf_ode']
+# ----------------------------------------------------------------------------
+# The convergence study shared by tests/test_samplers_convergence.py and benchmarks/samplers.py.
+
+
+def order_study_problem(seed=0, batch=4):
+    """A Gaussian in 2x4x4 with means in [-0.3, 0.3] and std <= 0.15 (so the data, and every data prediction of
+    a converging solver, stay well inside [-1, 1]: dynamic thresholding is inactive), and float64 latents."""
+    g = torch.Generator().manual_seed(seed)
+    mean = 0.6 * (torch.rand(2, 4, 4, generator=g, dtype=torch.float64) - 0.5)
+    var = 0.005 + 0.015 * torch.rand(2, 4, 4, generator=g, dtype=torch.float64)
+    z = torch.randn(batch, 2, 4, 4, generator=g, dtype=torch.float64)
+    return Gaussian(mean, var), z
+
+
+def empirical_order(net, latents, solver, steps, sigma_min=0.002, sigma_max=80.0, schedule_type='polynomial',
+                    schedule_rho=7, **options):
+    """Slope of log(error) against log(1 / steps) (least squares), with the errors.
+
+    For each step count n the solver runs in float64 on get_schedule(n + 1, ...) and the error is the largest
+    per-sample relative L2 distance to `net.exact_solution` at the last noise level.
+    """
+    import samplers
+    errs = []
+    for n in steps:
+        t = samplers.get_schedule(n + 1, sigma_min, sigma_max, schedule_type, schedule_rho, dtype=torch.float64)
+        x = samplers.sample(net, latents.to(torch.float64), solver=solver, t_steps=t, **options)
+        exact = net.exact_solution(latents.to(torch.float64) * t[0], t[0], t[-1])
+        b = len(latents)
+        errs.append(float(((x - exact).reshape(b, -1).norm(dim=1) / exact.reshape(b, -1).norm(dim=1)).max()))
+    errs = np.array(errs)
+    slope = np.polyfit(np.log(1 / np.asarray(steps, dtype=np.float64)), np.log(errs), 1)[0]
+    return float(slope), errs
+
+
+# (solver, options, step counts, lowest accepted order, highest accepted order or None). Step counts are where
+# the asymptotic regime holds on the polynomial rho=7 grid for that method: warm-up and lower-order final steps
+# of the multistep methods, and the uneven grid, need many steps before they stop dominating.
+ORDER_STUDY = [
+    ('euler', {}, [32, 64, 128, 256], 0.7, 1.3),
+    ('heun', {}, [16, 32, 64, 128], 1.7, 2.3),
+    ('dpm', {}, [16, 32, 64, 128], 1.7, 2.3),
+    ('dpmpp', dict(max_order=2), [32, 64, 128, 256], 1.7, 2.3),
+    ('dpmpp', dict(max_order=2, predict_x0=False), [32, 64, 128, 256], 1.7, 2.3),
+    ('ipndm', dict(max_order=4), [32, 64, 128, 256], 1.7, None),
+    ('ipndm_v', dict(max_order=4), [256, 512, 1024, 2048], 1.7, None),
+    ('deis', dict(max_order=4, deis_mode='tab'), [16, 32, 64, 128], 1.7, None),
+    ('deis', dict(max_order=4, deis_mode='rhoab'), [16, 32, 64, 128], 1.7, None),
+    ('dpmpp', dict(max_order=3), [128, 256, 512, 1024], 1.7, None),
+    ('dpmpp', dict(max_order=3, predict_x0=False), [128, 256, 512, 1024], 1.7, None),
+    ('unipc', dict(max_order=3, variant='bh2'), [16, 32, 64, 128], 1.7, None),
+    ('unipc', dict(max_order=3, variant='bh1'), [16, 32, 64, 128], 1.7, None),
+    ('unipc', dict(max_order=3, predict_x0=False), [256, 512, 1024, 2048], 1.7, None),
+]
+
+
+__all__ = ['AnalyticDenoiser', 'Gaussian', 'GaussianMixture', 'IdealDenoiser', 'solve_pf_ode',
+           'order_study_problem', 'empirical_order', 'ORDER_STUDY']
