@@ -1,0 +1,238 @@
+"""train.py and the training loop on a tiny dataset: files, learning, exact resume, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import dnnlib
+import train
+from torch_utils import persistence
+from training.demo_data import write_dataset
+from training.loss import EDMLoss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=8', '--workers=0', '--augment=0', '--dropout=0',
+        '--lr=2e-3', '--lr-rampup=0', '--ema=0.0001', '--seed=1']
+
+
+def tiny_images(n=32, classes=4, seed=0):
+    """8x8 grayscale images: class k is a bright bar on rows 2k, 2k+1, plus mild noise."""
+    rnd = np.random.RandomState(seed)
+    labels = np.arange(n) % classes
+    images = rnd.randint(0, 40, size=[n, 8, 8])
+    for img, k in zip(images, labels):
+        img[2 * k:2 * k + 2, 1:7] = 220
+    return images.astype(np.uint8), labels
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    # Tiny networks gain nothing from a second thread, and on a shared machine it can make them much slower.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('data')
+    images, labels = tiny_images()
+    return dict(cond=write_dataset(images, str(folder / 'tiny.zip'), labels),
+                uncond=write_dataset(images, str(folder / 'plain.zip')))
+
+
+def run_train(*args):
+    result = CliRunner().invoke(train.main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def steps(n, batch=8):
+    return f'--duration={n * batch / 1e6}'
+
+
+def load_state(run_dir, kimg=0):
+    return torch.load(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'), map_location='cpu', weights_only=True)
+
+
+def build_net(run_dir, state_key=None):
+    """The run's network, freshly initialised from its seed, or loaded from its final training state."""
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        opts = json.load(f)
+    torch.manual_seed(opts['seed'])
+    net = dnnlib.construct_class_by_name(**opts['network_kwargs'], img_resolution=8, img_channels=1, label_dim=4)
+    if state_key is not None:
+        net.load_state_dict(load_state(run_dir)[state_key])
+    return net.eval()
+
+
+def eval_loss(net, data_path):
+    from training.dataset import ImageFolderDataset
+    ds = ImageFolderDataset(data_path, use_labels=True)
+    images = torch.tensor(np.stack([ds[i][0] for i in range(len(ds))])).float() / 127.5 - 1
+    labels = torch.tensor(np.stack([ds[i][1] for i in range(len(ds))]))
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return float(sum(EDMLoss()(net, images, labels).mean() for _ in range(8)) / 8)
+
+
+def only_run_dir(outdir):
+    (name,) = os.listdir(outdir)
+    return os.path.join(outdir, name)
+
+# ----------------------------------------------------------------------------
+
+
+def test_help_matches_docs():
+    res = subprocess.run([sys.executable, 'train.py', '--help'], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, COLUMNS='80'))
+    assert res.returncode == 0
+    with open(os.path.join(ROOT, 'docs', 'train-help.txt'), encoding='utf-8') as f:
+        assert res.stdout == f.read(), 'docs/train-help.txt is stale: python train.py --help > docs/train-help.txt'
+
+
+def test_short_run_learns_and_writes_the_official_files(data, tmp_path):
+    res = run_train(f'--outdir={tmp_path}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(40), '--tick=0.08',
+                    '--snap=2', '--dump=2')
+    assert res.exit_code == 0, res.output
+    run_dir = only_run_dir(tmp_path)
+    assert os.path.basename(run_dir) == '00000-tiny-cond-ddpmpp-edm-gpus1-batch8-fp32'
+    assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.pkl', 'stats.jsonl',
+                                           'training-state-000000.pt', 'training_options.json']
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        ticks = [json.loads(line) for line in f]
+    assert [t['Progress/tick']['mean'] for t in ticks] == [0, 1, 2, 3, 4]      # Tick 0 after step 1, then 10 steps each.
+    assert ticks[-1]['Progress/kimg']['mean'] == pytest.approx(0.32)
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        log = f.read()
+    assert 'tick 4' in log and 'img/s' in log
+
+    snapshot = persistence.load_network(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    assert sorted(snapshot) == ['augment_pipe', 'dataset_kwargs', 'ema', 'loss_fn']
+    assert type(snapshot['ema']).__name__ == 'EDMPrecond' and type(snapshot['loss_fn']).__name__ == 'EDMLoss'
+    assert snapshot['augment_pipe'] is None and type(snapshot['dataset_kwargs']) is dict
+    assert snapshot['dataset_kwargs']['resolution'] == 8 and snapshot['dataset_kwargs']['max_size'] == 32
+    state = load_state(run_dir)
+    assert state['cur_nimg'] == 320
+    ema = build_net(run_dir, 'ema')
+    for name, tensor in snapshot['ema'].state_dict().items():
+        torch.testing.assert_close(tensor, ema.state_dict()[name], rtol=0, atol=0)
+
+    # The loss at fixed noise levels and noise falls well below that of the initial network.
+    before, after = eval_loss(build_net(run_dir), data['cond']), eval_loss(ema, data['cond'])
+    assert after < 0.6 * before, (before, after)
+
+
+def test_resume_equals_an_uninterrupted_run(data, tmp_path):
+    # Augmentation, dropout, lr and EMA ramp-ups all on, so every random stream and schedule must continue.
+    common = [f'--data={data["cond"]}', '--cond=1', *TINY, '--augment=0.5', '--dropout=0.2', '--lr-rampup=0.00004',
+              '--ema=0.001', '--tick=1', '--snap=1', '--dump=1']
+    assert run_train(f'--outdir={tmp_path / "full"}', *common, steps(6)).exit_code == 0
+    assert run_train(f'--outdir={tmp_path / "part"}', *common, steps(3)).exit_code == 0
+    state_file = os.path.join(only_run_dir(tmp_path / 'part'), 'training-state-000000.pt')
+    assert torch.load(state_file, weights_only=True)['cur_nimg'] == 24
+    res = run_train(f'--outdir={tmp_path / "part"}', *common, steps(6), f'--resume={state_file}')
+    assert res.exit_code == 0, res.output
+    resumed_dir = os.path.join(tmp_path / 'part', sorted(os.listdir(tmp_path / 'part'))[-1])
+    full, resumed = load_state(only_run_dir(tmp_path / 'full')), load_state(resumed_dir)
+    assert full['cur_nimg'] == resumed['cur_nimg'] == 48
+    for key in ('net', 'ema'):
+        for name, tensor in full[key].items():
+            torch.testing.assert_close(resumed[key][name], tensor, rtol=1e-6, atol=1e-6, msg=f'{key}.{name}')
+    for a, b in zip(full['optimizer']['state'].values(), resumed['optimizer']['state'].values()):
+        torch.testing.assert_close(a['exp_avg_sq'], b['exp_avg_sq'], rtol=1e-6, atol=1e-12)
+
+
+def test_pretrain_alias_and_named_run_dir(data, tmp_path):
+    assert run_train(f'--outdir={tmp_path / "a"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(2)).exit_code == 0
+    source = os.path.join(only_run_dir(tmp_path / 'a'), 'network-snapshot-000000.pkl')
+    # With the default 10 Mimg ramp-up the first step has lr 0 (EDM), so the new run's EMA is the source's weights.
+    res = run_train(f'--outdir={tmp_path / "b"}', '--name=finetune', f'--data={data["cond"]}', '--cond=1', *TINY,
+                    '--lr-rampup=10', steps(1), f'--pretrain={source}')
+    assert res.exit_code == 0, res.output
+    assert os.listdir(tmp_path / 'b') == ['finetune']
+    with open(tmp_path / 'b' / 'finetune' / 'training_options.json') as f:
+        assert json.load(f)['transfer'] == source
+    src = persistence.load_network(source)['ema'].state_dict()
+    new = persistence.load_network(str(tmp_path / 'b' / 'finetune' / 'network-snapshot-000000.pkl'))['ema'].state_dict()
+    for name in src:
+        torch.testing.assert_close(new[name], src[name], rtol=0, atol=0)
+    res = run_train(f'--outdir={tmp_path / "b"}', '--name=finetune', f'--data={data["cond"]}', '--cond=1', *TINY,
+                    steps(1))
+    assert res.exit_code != 0 and 'already exists' in res.output
+
+
+def test_dry_run_creates_nothing(data, tmp_path):
+    res = run_train(f'--outdir={tmp_path / "out"}', f'--data={data["cond"]}', '--cond=1', *TINY, '--dry-run')
+    assert res.exit_code == 0 and 'Dry run' in res.output
+    assert not os.path.exists(tmp_path / 'out')
+
+
+ERRORS = [
+    ([], '--data is required'),
+    (['--cond=1', '--data={uncond}'], '--cond=1 needs class labels'),
+    (['--data={cond}', '--cres=1,2,2,2,2'], 'resolution 8 does not fit the network'),
+    (['--data={cond}', '--batch=12', '--batch-gpu=8'], 'not divisible by --batch-gpu=8'),
+    (['--data={cond}', '--resume={tmp}/training-state-000000.pt'], 'no such file'),
+    (['--data={cond}', '--resume={tmp}/state.pt'], 'expected a file named training-state-NNNNNN.pt'),
+    (['--data={cond}', '--resume={tmp}/training-state-000000.pt', '--transfer=x.pkl'], 'cannot be combined'),
+    (['--data={tmp}/missing.zip'], 'no such file or directory'),
+    (['--data={cond}', '--precond=sigma'], 'never published; supported: vp, ve, edm'),
+    (['--data={cond}', '--precond=fdm_edm'], 'not supported yet; supported: vp, ve, edm'),
+    (['--data={cond}', '--precond=cld'], 'not supported yet'),
+    (['--data={cond}', '--warmup_ite=200'], '--warmup_ite is not supported'),
+    (['--data={cond}', '--fdm_multipler=1'], '--fdm_multipler is not supported'),
+    (['--data={cond}', '--pfgmpp=1'], '--pfgmpp is not supported'),
+    (['--data={cond}', '--aug_dim=2048'], '--aug_dim is not supported'),
+    (['--data={cond}', '--dm_length=10'], 'meaning was never published'),
+    (['--data={cond}', '--transfer={tmp}/none.pkl'], 'cannot load the network'),
+]
+
+
+@pytest.mark.parametrize('args,message', ERRORS)
+def test_one_line_errors(data, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, **data) for a in args]
+    res = run_train(f'--outdir={tmp_path / "out"}', *TINY, *args)
+    assert res.exit_code != 0
+    error_lines = [line for line in res.output.splitlines() if line.startswith('Error')]
+    assert len(error_lines) == 1 and message in error_lines[0], res.output
+    assert 'Traceback' not in res.output
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_incompatible_resume_and_transfer_are_refused(data, tmp_path):
+    assert run_train(f'--outdir={tmp_path / "a"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1)).exit_code == 0
+    run_dir = only_run_dir(tmp_path / 'a')
+    state = os.path.join(run_dir, 'training-state-000000.pt')
+    res = run_train(f'--outdir={tmp_path / "b"}', f'--data={data["cond"]}', '--cond=1', *TINY, '--cbase=16',
+                    f'--resume={state}')
+    assert res.exit_code != 0 and 'incompatible run: network option model_channels was 8, now 16' in res.output
+    res = run_train(f'--outdir={tmp_path / "b"}', f'--data={data["cond"]}', '--cond=1', *TINY, '--precond=vp',
+                    f'--resume={state}')
+    assert res.exit_code != 0 and 'check --precond' in res.output
+    res = run_train(f'--outdir={tmp_path / "b"}', f'--data={data["uncond"]}', *TINY,
+                    f'--transfer={os.path.join(run_dir, "network-snapshot-000000.pkl")}')
+    assert res.exit_code != 0 and 'the network has label_dim=4, but the dataset needs 0' in res.output
+    with open(tmp_path / 'training-state-000001.pt', 'wb') as f:
+        f.write(b'not a state')
+    res = run_train(f'--outdir={tmp_path / "b"}', f'--data={data["cond"]}', '--cond=1', *TINY,
+                    f'--resume={tmp_path / "training-state-000001.pt"}')
+    assert res.exit_code != 0 and 'not a training state' in res.output
+    assert not os.path.exists(tmp_path / 'b')
+
+
+def test_published_research_command_fails_with_one_line(data, tmp_path):
+    # The 2nd-order SDE sampler project's training command (commands.md), scaled down to the tiny dataset.
+    cmd = [sys.executable, 'train.py', f'--outdir={tmp_path}', f'--data={data["cond"]}', '--cond=1', '--arch=adm',
+           '--precond=sigma', '--duration=25', '--batch=1', '--lr=1e-4', '--ema=50', '--dropout=0.10', '--augment=0',
+           '--fp16=1', '--ls=1', '--tick=200', '--dm_length=10', '--pretrain=edm-imagenet-64x64-cond-adm.pkl']
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode != 0 and 'Traceback' not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith('Error')]
+    assert len(errors) == 1 and 'supported' in errors[0] and ('sigma' in errors[0] or 'dm_length' in errors[0])
+    assert os.listdir(tmp_path) == []

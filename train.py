@@ -1,0 +1,172 @@
+"""Train a diffusion model (EDM's train.py): parse and check the options, then call training.training_loop."""
+
+import contextlib
+import json
+import os
+import secrets
+
+import click
+
+import dnnlib
+from dnnlib.cli import IntListType, bool_option, unsupported_option
+from torch_utils import distributed as dist
+from training import config, training_loop
+
+# ----------------------------------------------------------------------------
+
+
+@click.command(context_settings=dict(terminal_width=80, max_content_width=80))
+# Main options.
+@click.option('--outdir', help='Where to save the results', metavar='DIR', type=str)
+@click.option('--data', help='Path to the dataset', metavar='ZIP|DIR', type=str)
+@bool_option('--cond', help='Train class-conditional model')
+@click.option('--arch', help='Network architecture', type=click.Choice(list(config.ARCHS)), default='ddpmpp',
+              show_default=True)
+@click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm', type=str, default='edm',
+              show_default=True)
+# Hyperparameters.
+@click.option('--duration', help='Training duration', metavar='MIMG', type=click.FloatRange(min=0, min_open=True),
+              default=200, show_default=True)
+@click.option('--batch', help='Total batch size', metavar='INT', type=click.IntRange(min=1), default=512,
+              show_default=True)
+@click.option('--batch-gpu', help='Limit batch size per GPU', metavar='INT', type=click.IntRange(min=1))
+@click.option('--cbase', help='Channel multiplier  [default: varies]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--cres', help='Channels per resolution  [default: varies]', metavar='LIST', type=IntListType())
+@click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True),
+              default=10e-4, show_default=True)
+@click.option('--lr-rampup', '--lr_rampup', 'lr_rampup', help='Learning rate ramp-up (0 = none)', metavar='MIMG',
+              type=click.FloatRange(min=0), default=10, show_default=True)
+@click.option('--ema', help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5,
+              show_default=True)
+@click.option('--dropout', help='Dropout probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1),
+              default=0.13, show_default=True)
+@click.option('--augment', help='Augment probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1),
+              default=0.12, show_default=True)
+@bool_option('--xflip', help='Enable dataset x-flips')
+# Performance-related.
+@bool_option('--fp16', help='Enable mixed-precision training (CUDA only)')
+@click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1,
+              show_default=True)
+@bool_option('--bench', help='Enable cuDNN benchmarking', default=True)
+@bool_option('--cache', help='Cache dataset in CPU memory', default=True)
+@click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=1,
+              show_default=True)
+@click.option('--device', help='Device  [default: cuda if available, else cpu]', type=click.Choice(['cpu', 'cuda']))
+@bool_option('--per-sample-rng', 'per_sample_rng',
+             help='Seed each sample\'s noise and augmentation by its data position (results independent of '
+             '--batch-gpu and the number of processes; slower)')
+# I/O-related.
+@click.option('--desc', help='String to include in result dir name', metavar='STR', type=str)
+@click.option('--name', help='Run directory name (instead of the numbered one)', metavar='STR', type=str)
+@click.option('--nosubdir', help='Do not create a subdirectory for results', is_flag=True)
+@click.option('--tick', help='How often to print progress', metavar='KIMG', type=click.FloatRange(min=0, min_open=True),
+              default=50, show_default=True)
+@click.option('--snap', help='How often to save snapshots', metavar='TICKS', type=click.IntRange(min=1), default=50,
+              show_default=True)
+@click.option('--dump', help='How often to dump state', metavar='TICKS', type=click.IntRange(min=1), default=500,
+              show_default=True)
+@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=click.IntRange(min=0))
+@click.option('--transfer', '--pretrain', 'transfer', help='Transfer learning from network pickle', metavar='PKL|URL',
+              type=str)
+@click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
+@click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
+# Options of the united research projects that are not implemented yet.
+@unsupported_option('--warmup_ite', 'the FDM loss-weight warm-up is not implemented yet')
+@unsupported_option('--fdm_multipler', 'FDM is not implemented yet')
+@unsupported_option('--fdm_multiplier', 'FDM is not implemented yet')
+@unsupported_option('--pfgmpp', 'PFGM++ training is not implemented yet')
+@unsupported_option('--aug_dim', 'PFGM++ training is not implemented yet')
+@unsupported_option('--dm_length', 'a research option whose meaning was never published (use --precond=vp|ve|edm '
+                    'without it)')
+def main(**opts):
+    """Train diffusion-based generative model using the techniques described in the
+    paper "Elucidating the Design Space of Diffusion-Based Generative Models".
+
+    \b
+    Examples:
+
+    \b
+    # Train DDPM++ model for class-conditional CIFAR-10 using 8 GPUs
+    torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs \\
+        --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp
+
+    \b
+    # The bundled demo: a small class-conditional model of 16x16 digits on the CPU
+    python train.py --outdir=training-runs --data=datasets/digits-16x16.zip --cond=1 ...
+    (the exact command is in checkpoints/README.md)
+    """
+    opts = dnnlib.EasyDict(opts)
+    for key in ('outdir', 'data'):
+        if opts[key] is None:
+            raise click.ClickException(f'--{key} is required')
+    try:
+        device = dist.init(opts.device)
+    except RuntimeError as e:
+        raise click.ClickException(str(e))
+    if opts.fp16 and device.type != 'cuda':
+        dist.print0('Note: --fp16 only takes effect on CUDA; this run computes in float32.')
+
+    # Options -> training_loop arguments; every mistake is one line.
+    try:
+        c = config.build(data=opts.data, cond=opts.cond, arch=opts.arch, precond=opts.precond, duration=opts.duration,
+                         batch=opts.batch, batch_gpu=opts.batch_gpu, cbase=opts.cbase, cres=opts.cres, lr=opts.lr,
+                         lr_rampup=opts.lr_rampup, ema=opts.ema, dropout=opts.dropout, augment=opts.augment,
+                         xflip=opts.xflip, fp16=opts.fp16, ls=opts.ls, bench=opts.bench, cache=opts.cache,
+                         workers=opts.workers, tick=opts.tick, snap=opts.snap, dump=opts.dump, seed=opts.seed,
+                         transfer=opts.transfer, resume=opts.resume, per_sample_rng=opts.per_sample_rng,
+                         world_size=dist.get_world_size())
+        resume_state = training_loop.load_training_state(opts.resume) if opts.resume else None
+        if resume_state is not None:
+            c.seed = int(resume_state['seed'])      # The resumed run continues the saved data order and noise.
+        elif c.seed is None:
+            c.seed = dist.broadcast_object(secrets.randbelow(1 << 31))
+        dataset_name = config.check_dataset(c)
+        transfer_net = training_loop.load_transfer(opts.transfer, c) if opts.transfer else None
+        if resume_state is not None:
+            training_loop.check_resume(resume_state, c, path=f'--resume={opts.resume}')
+        desc = config.run_desc(dataset_name, opts.cond, opts.arch, opts.precond, dist.get_world_size(), opts.batch,
+                               opts.fp16, opts.desc)
+        run_dir = config.choose_run_dir(opts.outdir, desc, name=opts.name, nosubdir=opts.nosubdir, resume=opts.resume)
+    except config.ConfigError as e:
+        raise click.ClickException(str(e))
+    run_dir = dist.broadcast_object(run_dir)
+    c.run_dir = run_dir
+    c.device = str(device)
+
+    # Print options.
+    dist.print0()
+    dist.print0('Training options:')
+    dist.print0(json.dumps(c, indent=2))
+    dist.print0()
+    dist.print0(f'Output directory:        {run_dir}')
+    dist.print0(f'Dataset path:            {c.dataset_kwargs.path}')
+    dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
+    dist.print0(f'Network architecture:    {opts.arch}')
+    dist.print0(f'Preconditioning & loss:  {opts.precond}')
+    dist.print0(f'Number of processes:     {dist.get_world_size()} ({device.type})')
+    dist.print0(f'Batch size:              {c.batch_size}')
+    dist.print0(f'Mixed-precision:         {c.network_kwargs.use_fp16 and device.type == "cuda"}')
+    dist.print0()
+    if opts.dry_run:
+        dist.print0('Dry run; exiting.')
+        return
+
+    # Create the output directory and train.
+    dist.print0('Creating output directory...')
+    if dist.get_rank() == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        options_path = os.path.join(run_dir, 'training_options.json')
+        with open(options_path + '.tmp', 'wt', encoding='utf-8') as f:
+            json.dump(c, f, indent=2)
+        os.replace(options_path + '.tmp', options_path)
+    dist.barrier()
+    log = training_loop.log_to_file(os.path.join(run_dir, 'log.txt')) if dist.get_rank() == 0 else None
+    with log or contextlib.nullcontext():
+        training_loop.training_loop(**c, transfer_net=transfer_net, resume_state=resume_state)
+    dist.shutdown()
+
+# ----------------------------------------------------------------------------
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter

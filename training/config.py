@@ -1,0 +1,189 @@
+"""From train.py's options to the keyword arguments of `training_loop` (EDM's train.py logic, NVlabs/edm).
+
+Everything here validates and raises `ConfigError` with one line that says what is wrong and what to use instead;
+train.py turns it into a click error. Formulations are looked up in `PRECONDS` (name -> preconditioner class, loss
+class and their fixed arguments), so new ones (FDM, PFGM++, CLD) are registry entries plus their own options.
+"""
+
+import os
+import re
+
+import dnnlib
+
+# ----------------------------------------------------------------------------
+# Registries.
+
+# Architecture presets (EDM train.py): network keyword arguments; --cbase/--cres override the widths.
+ARCHS = {
+    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                   channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2]),
+    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
+                   channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=128, channel_mult=[2, 2, 2]),
+    'adm': dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1, 2, 3, 4]),
+}
+
+# Formulations (EDM Table 1): --precond name -> preconditioner, loss, and fixed keyword arguments of each.
+PRECONDS = {
+    'vp': dict(network='training.networks.VPPrecond', loss='training.loss.VPLoss', network_kwargs={}, loss_kwargs={}),
+    've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={}),
+    'edm': dict(network='training.networks.EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={}, loss_kwargs={}),
+}
+
+# Formulations of the united projects that are planned but not implemented yet.
+PLANNED_PRECONDS = {
+    'fdm_edm': 'FDM (sail-sg/FDM)', 'fdm_vp': 'FDM (sail-sg/FDM)', 'fdm_ve': 'FDM (sail-sg/FDM)',
+    'cld': 'CLD (critically-damped Langevin, gDDIM)',
+}
+
+# Augmentation used with --augment=P (EDM train.py): 9 augment labels.
+AUGMENT_KWARGS = dict(class_name='training.augment.AugmentPipe', xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1,
+                      translate_frac=1)
+AUGMENT_DIM = 9
+
+
+class ConfigError(ValueError):
+    """An invalid combination of options; the message is one line meant for the user."""
+
+# ----------------------------------------------------------------------------
+
+
+def check_precond(name):
+    """Validate a --precond value; returns it or raises ConfigError naming the supported choices."""
+    supported = ', '.join(PRECONDS)
+    if name in PRECONDS:
+        return name
+    if name in PLANNED_PRECONDS:
+        raise ConfigError(f'--precond={name} ({PLANNED_PRECONDS[name]}) is not supported yet; supported: {supported}')
+    if name == 'sigma':
+        raise ConfigError('--precond=sigma is a research option whose meaning was never published; '
+                          f'supported: {supported}')
+    raise ConfigError(f'--precond={name} is unknown; supported: {supported}')
+
+
+def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch=512, batch_gpu=None, cbase=None,
+          cres=None, lr=10e-4, lr_rampup=10, ema=0.5, dropout=0.13, augment=0.12, xflip=False, fp16=False, ls=1,
+          bench=True, cache=True, workers=1, tick=50, snap=50, dump=500, seed=0, transfer=None, resume=None,
+          per_sample_rng=False, world_size=1):
+    """The training_loop keyword arguments for these options (EDM train.py); no file is touched."""
+    check_precond(precond)
+    if arch not in ARCHS:
+        raise ConfigError(f'--arch={arch} is unknown; supported: {", ".join(ARCHS)}')
+    if transfer is not None and resume is not None:
+        raise ConfigError('--transfer/--pretrain and --resume cannot be combined (resume continues its own run)')
+    if batch < 1 or (batch_gpu is not None and batch_gpu < 1):
+        raise ConfigError('--batch and --batch-gpu must be positive')
+    if batch % world_size:
+        raise ConfigError(f'--batch={batch} is not divisible by the number of processes ({world_size})')
+    per_process = batch // world_size
+    batch_gpu = per_process if batch_gpu is None else min(batch_gpu, per_process)
+    if per_process % batch_gpu:
+        raise ConfigError(f'--batch={batch} is not divisible by --batch-gpu={batch_gpu} x {world_size} process(es); '
+                          f'choose --batch-gpu dividing {per_process}')
+    if duration <= 0:
+        raise ConfigError('--duration must be positive')
+    if tick <= 0 or snap < 1 or dump < 1:
+        raise ConfigError('--tick must be positive and --snap, --dump at least 1')
+    if not 0 <= augment <= 1:
+        raise ConfigError(f'--augment={augment} must be a probability in [0, 1]')
+    if ls <= 0:
+        raise ConfigError(f'--ls={ls} must be positive')
+
+    c = dnnlib.EasyDict()
+    c.dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=cond,
+                                       xflip=xflip, cache=cache)
+    c.data_loader_kwargs = dnnlib.EasyDict(num_workers=workers, prefetch_factor=2)
+    c.network_kwargs = dnnlib.EasyDict(class_name=PRECONDS[precond]['network'], **PRECONDS[precond]['network_kwargs'])
+    c.network_kwargs.update(ARCHS[arch])
+    if cbase is not None:
+        c.network_kwargs.model_channels = cbase
+    if cres is not None:
+        c.network_kwargs.channel_mult = list(cres)
+    c.network_kwargs.update(dropout=dropout, use_fp16=fp16)
+    c.loss_kwargs = dnnlib.EasyDict(class_name=PRECONDS[precond]['loss'], **PRECONDS[precond]['loss_kwargs'])
+    c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=lr, betas=[0.9, 0.999], eps=1e-8)
+    c.augment_kwargs = None
+    if augment:
+        c.augment_kwargs = dnnlib.EasyDict(AUGMENT_KWARGS, p=augment)
+        c.network_kwargs.augment_dim = AUGMENT_DIM
+    c.total_kimg = duration * 1000                       # EDM: --duration in Mimg.
+    c.ema_halflife_kimg = ema * 1000                     # EDM: --ema in Mimg.
+    c.lr_rampup_kimg = lr_rampup * 1000                  # EDM's fixed 10 Mimg, an option here (as in FDM).
+    c.update(batch_size=batch, batch_gpu=batch_gpu, loss_scaling=ls, cudnn_benchmark=bench, kimg_per_tick=tick,
+             snapshot_ticks=snap, state_dump_ticks=dump, seed=seed, per_sample_rng=per_sample_rng)
+    if transfer is not None:
+        c.transfer = transfer
+        c.ema_rampup_ratio = None                        # EDM: no EMA ramp-up when fine-tuning.
+    if resume is not None:
+        c.resume = resume
+    return c
+
+
+def check_dataset(c):
+    """Open the dataset once to validate it against the options; fills in resolution and max_size (as EDM does).
+
+    Returns the dataset's name.
+    """
+    path = c.dataset_kwargs.path
+    if not os.path.exists(path):
+        raise ConfigError(f'--data={path}: no such file or directory (make one with dataset_tool.py)')
+    try:
+        dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
+        label_dim = dataset.label_dim if c.dataset_kwargs.use_labels else 0
+        resolution, channels, size, has_labels = dataset.resolution, dataset.num_channels, len(dataset), dataset.has_labels
+    except (IOError, OSError, ValueError, AssertionError) as e:
+        raise ConfigError(f'--data={path}: {_first_line(e)}') from e
+    if c.dataset_kwargs.use_labels and not has_labels:
+        raise ConfigError(f'--cond=1 needs class labels, but {path} has none (no "labels" in dataset.json); '
+                          'use --cond=0 or a labelled dataset')
+    levels = len(c.network_kwargs.channel_mult)
+    if resolution < 2 ** (levels - 1) or resolution & (resolution - 1):
+        raise ConfigError(f'--data={path}: resolution {resolution} does not fit the network: it must be a power of two '
+                          f'and at least {2 ** (levels - 1)} for {levels} levels (--cres)')
+    c.dataset_kwargs.resolution = resolution
+    c.dataset_kwargs.max_size = size
+    c.dataset_info = dnnlib.EasyDict(resolution=resolution, channels=channels, label_dim=label_dim, size=size)
+    return dataset.name
+
+
+def _first_line(e):
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+# ----------------------------------------------------------------------------
+# Run directory.
+
+
+def run_desc(dataset_name, cond, arch, precond, world_size, batch, fp16, desc=None):
+    """EDM's run-directory description: {dataset}-{cond|uncond}-{arch}-{precond}-gpus{W}-batch{B}-{fp16|fp32}[-desc]."""
+    text = f'{dataset_name}-{"cond" if cond else "uncond"}-{arch}-{precond}-gpus{world_size}-batch{batch}-' \
+           f'{"fp16" if fp16 else "fp32"}'
+    return text + (f'-{desc}' if desc else '')
+
+
+def next_run_dir(outdir, description):
+    """outdir/{id:05d}-{description}, id = 1 + the largest numeric prefix already in outdir (EDM's rule)."""
+    ids = []
+    if os.path.isdir(outdir):
+        for name in os.listdir(outdir):
+            match = re.match(r'^\d+', name)
+            if match and os.path.isdir(os.path.join(outdir, name)):
+                ids.append(int(match.group()))
+    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{description}')
+
+
+def choose_run_dir(outdir, description, name=None, nosubdir=False, resume=None):
+    """Where the run writes: outdir itself (--nosubdir), outdir/NAME (--name) or the next numbered directory.
+
+    A named directory must be new or empty, unless the run resumes from a state file inside it.
+    """
+    if nosubdir:
+        return outdir
+    if name is not None:
+        if not name or name in ('.', '..') or os.sep in name or (os.altsep and os.altsep in name):
+            raise ConfigError(f'--name={name!r} must be a plain directory name')
+        run_dir = os.path.join(outdir, name)
+        resuming_here = resume is not None and os.path.abspath(os.path.dirname(resume)) == os.path.abspath(run_dir)
+        if os.path.isdir(run_dir) and os.listdir(run_dir) and not resuming_here:
+            raise ConfigError(f'run directory {run_dir} already exists and is not empty; choose another --name')
+        return run_dir
+    return next_run_dir(outdir, description)
