@@ -1,6 +1,7 @@
 """Train a diffusion model (EDM's train.py): parse and check the options, then call training.training_loop."""
 
 import contextlib
+import inspect
 import json
 import os
 import secrets
@@ -108,13 +109,8 @@ def main(**opts):
 
     # Options -> training_loop arguments; every mistake is one line.
     try:
-        c = config.build(data=opts.data, cond=opts.cond, arch=opts.arch, precond=opts.precond, duration=opts.duration,
-                         batch=opts.batch, batch_gpu=opts.batch_gpu, cbase=opts.cbase, cres=opts.cres, lr=opts.lr,
-                         lr_rampup=opts.lr_rampup, ema=opts.ema, dropout=opts.dropout, augment=opts.augment,
-                         xflip=opts.xflip, fp16=opts.fp16, ls=opts.ls, bench=opts.bench, cache=opts.cache,
-                         workers=opts.workers, tick=opts.tick, snap=opts.snap, dump=opts.dump, seed=opts.seed,
-                         transfer=opts.transfer, resume=opts.resume, per_sample_rng=opts.per_sample_rng,
-                         world_size=dist.get_world_size())
+        build_args = inspect.signature(config.build).parameters
+        c = config.build(**{k: v for k, v in opts.items() if k in build_args}, world_size=dist.get_world_size())
         resume_state = training_loop.load_training_state(opts.resume) if opts.resume else None
         if resume_state is not None:
             c.seed = int(resume_state['seed'])      # The resumed run continues the saved data order and noise.
