@@ -133,7 +133,8 @@ def gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea=
     metric 'dev' | 'l1' | 'l2', coeff: the DP's metric and discount (see `gits_cost_matrix`, `gits_dp`).
     afs: the student will use AFS: insert one extra point k in (0, s_1) chosen by running the student `solver`
       (with `solver_options`, AFS on) from the last warm-up round and comparing with the teacher's final samples
-      (batch-mean L2). The result then has num_steps + 1 timestamps for the same NFE.
+      (batch-mean L2). The result then has num_steps + 1 timestamps for the same NFE; if s_1 = 1 there is no
+      room and nothing is inserted (the student then saves one NFE, as in the toolbox).
     batch_size: split the warm-up batch into rounds of this size; costs are averaged over rounds.
     return_indices: also return the chosen indices into the fine grid.
     """

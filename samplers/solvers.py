@@ -139,7 +139,8 @@ def ipndm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model
     """Improved PNDM (Zhang & Chen 2023, DEIS, eq. 29): equal-step Adams-Bashforth weights on dsigma.
 
     Order min(max_order, i + 1) at step i (warm-up 1, 2, 3, 4, 4, ...); the weights ignore the uneven sigma
-    spacing, which makes the method second order on a non-uniform grid. max_order 1..4. NFE = N - 1.
+    spacing, which makes the method second order on a non-uniform grid. max_order 1..4 (1 is Euler; the GITS
+    toolbox crashed there, as for ipndm_v and deis). NFE = N - 1.
     """
     max_order = _check_order('ipndm', max_order, 4)
     history = []  # previous derivatives, newest first
