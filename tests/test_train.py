@@ -236,3 +236,22 @@ def test_published_research_command_fails_with_one_line(data, tmp_path):
     errors = [line for line in res.stderr.splitlines() if line.startswith('Error')]
     assert len(errors) == 1 and 'supported' in errors[0] and ('sigma' in errors[0] or 'dm_length' in errors[0])
     assert os.listdir(tmp_path) == []
+
+
+def test_training_stats_intervals():
+    from torch_utils import training_stats
+    collector = training_stats.Collector(regex='Test/.*', keep_previous=True)
+    training_stats.report('Test/a', torch.tensor([1.0, 2.0, 3.0]))
+    training_stats.report0('Test/b', 5)
+    training_stats.report('Other/c', 1)
+    collector.update()
+    assert collector.names() == ['Test/a', 'Test/b']
+    assert (collector.num('Test/a'), collector.mean('Test/a')) == (3, 2.0)
+    assert collector.std('Test/a') == pytest.approx(np.std([1, 2, 3]))
+    assert collector['Test/b'] == 5
+    training_stats.report('Test/a', [10.0])
+    collector.update()
+    # Only the new interval counts; a name without new values keeps its previous moments.
+    assert (collector.num('Test/a'), collector.mean('Test/a')) == (1, 10.0)
+    assert collector.mean('Test/b') == 5
+    assert set(collector.as_dict()) == {'Test/a', 'Test/b'}
