@@ -151,15 +151,17 @@ def main(**opts):
     dist.print0('Creating output directory...')
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
-        options_path = os.path.join(run_dir, 'training_options.json')
-        with open(options_path + '.tmp', 'wt', encoding='utf-8') as f:
-            json.dump(c, f, indent=2)
-        os.replace(options_path + '.tmp', options_path)
+        training_loop.save_atomic(lambda path: _write_json(c, path), os.path.join(run_dir, 'training_options.json'))
     dist.barrier()
     log = training_loop.log_to_file(os.path.join(run_dir, 'log.txt')) if dist.get_rank() == 0 else None
     with log or contextlib.nullcontext():
         training_loop.training_loop(**c, transfer_net=transfer_net, resume_state=resume_state)
     dist.shutdown()
+
+
+def _write_json(obj, path):
+    with open(path, 'wt', encoding='utf-8') as f:
+        json.dump(obj, f, indent=2)
 
 # ----------------------------------------------------------------------------
 

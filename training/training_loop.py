@@ -173,7 +173,8 @@ def load_transfer(path, c):
     return net
 
 
-def _save_atomic(save_fn, path):
+def save_atomic(save_fn, path):
+    """Call `save_fn(tmp)` with a temporary name next to `path`, then rename it to `path`."""
     tmp = f'{path}.tmp-{os.getpid()}'
     try:
         save_fn(tmp)
@@ -331,7 +332,10 @@ def training_loop(
     tick_start_time = time.time()
     maintenance_time = tick_start_time - start_time
     stats_path = os.path.join(run_dir, 'stats.jsonl')
-    loss_collector = training_stats.Collector(regex='Loss/.*')
+    dataset_info = dataset_info or dict(resolution=dataset_obj.resolution, channels=dataset_obj.num_channels,
+                                        label_dim=dataset_obj.label_dim)
+    state_options = _plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs, dataset_kwargs=dataset_kwargs,
+                                dataset_info=dataset_info, batch_size=batch_size))    # Checked by check_resume().
     steps = 0
     done = cur_nimg >= total_nimg
     while not done:
@@ -394,12 +398,11 @@ def training_loop(
         training_stats.report0('Resources/peak_gpu_mem_gb', gpu_mem_gb)
         training_stats.report0('Resources/peak_gpu_mem_reserved_gb', gpu_res_gb)
         training_stats.default_collector.update()
-        loss_collector.update()
         stats = training_stats.default_collector.as_dict()
         dist.print0('  '.join([
             f'tick {cur_tick:<5d}', f'kimg {cur_nimg / 1e3:<9.3f}', f'time {_format_time(tick_end_time - start_time):<9s}',
             f'sec/tick {tick_time:<7.1f}', f'sec/kimg {tick_time / tick_nimg * 1e3:<7.2f}',
-            f'img/s {tick_nimg / max(tick_time, 1e-8):<8.1f}', f'loss {loss_collector.mean("Loss/loss"):<8.4f}',
+            f'img/s {tick_nimg / max(tick_time, 1e-8):<8.1f}', f'loss {stats["Loss/loss"]["mean"]:<8.4f}',
             f'maintenance {maintenance_time:<6.1f}', f'cpumem {stats["Resources/cpu_mem_gb"]["mean"]:<6.2f}',
             f'gpumem {gpu_mem_gb:<6.2f}', f'reserved {gpu_res_gb:<6.2f}']))
 
@@ -422,12 +425,8 @@ def training_loop(
                     loss=loss_fn.state_dict() if hasattr(loss_fn, 'state_dict') else {},
                     rng=rng_states, seed=seed, world_size=world_size, cur_nimg=cur_nimg,
                     cur_tick=cur_tick + 1, tick_start_nimg=cur_nimg,
-                    options=_plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs,
-                                        dataset_kwargs=dataset_kwargs, dataset_info=dataset_info or dict(
-                                            resolution=dataset_obj.resolution, channels=dataset_obj.num_channels,
-                                            label_dim=dataset_obj.label_dim),
-                                        batch_size=batch_size)))
-                _save_atomic(lambda p: torch.save(state, p), os.path.join(run_dir, f'training-state-{kimg_name}.pt'))
+                    options=state_options)
+                save_atomic(lambda p: torch.save(state, p), os.path.join(run_dir, f'training-state-{kimg_name}.pt'))
                 del state
         if rank == 0:
             with open(stats_path, 'at', encoding='utf-8') as f:
