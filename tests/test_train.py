@@ -255,3 +255,19 @@ def test_training_stats_intervals():
     assert (collector.num('Test/a'), collector.mean('Test/a')) == (1, 10.0)
     assert collector.mean('Test/b') == 5
     assert set(collector.as_dict()) == {'Test/a', 'Test/b'}
+
+
+PUBLISHED = [   # commands.md, with the dataset replaced by the tiny one; they must parse and validate (dry run).
+    '--cond=1 --arch=ddpmpp',
+    '--cond=0 --arch=ddpmpp --batch=256 --cres=1,2,2,2 --lr=2e-4 --dropout=0.05 --augment=0.15',
+    '--cond=1 --arch=adm --duration=2500 --batch=4096 --lr=1e-4 --ema=50 --dropout=0.10 --augment=0 --fp16=1 '
+    '--ls=100 --tick=200',
+    '--cond=1 --arch=ncsnpp --precond=ve',
+]
+
+
+@pytest.mark.parametrize('options', PUBLISHED)
+def test_published_edm_commands_validate(data, tmp_path, options):
+    res = run_train(f'--outdir={tmp_path}', f'--data={data["cond"]}', *options.split(), '--dry-run')
+    assert res.exit_code == 0, res.output
+    assert 'Dry run' in res.output and os.listdir(tmp_path) == []
