@@ -191,7 +191,8 @@ def accuracy_table(results, nfes):
 
 
 def orders_table(rows):
-    lines = ['| solver | options | steps | fitted order | last doubling | errors | required |', '|---|---|---|---|---|---|---|']
+    lines = ['| solver | options | steps | fitted order | last doubling | errors | required |',
+             '|---|---|---|---|---|---|---|']
     for solver, options, steps, order, last, errs, lo, hi in rows:
         opts = ', '.join(f'{k}={v}' for k, v in options.items()) or '–'
         req = f'{(lo + hi) / 2:.0f} ± 0.3' if hi is not None else f'>= {lo}'
@@ -216,7 +217,8 @@ def write_markdown(path, results, gits_cache, orders, fixture, nfes, args, elaps
     fix = ''
     if fixture is not None:
         worst, ok, idx = fixture
-        fix = ('| solver | ' + ' | '.join(worst) + ' |\n|---|' + '---|' * len(worst) + '\n| max rel. error (plain, AFS, '
+        fix = ('| solver | ' + ' | '.join(worst) + ' |\n|---|' + '---|' * len(worst)
+               + '\n| max rel. error (plain, AFS, '
                'denoise_to_zero) | ' + ' | '.join(f'{v:.1e}' for v in worst.values()) + ' |\n\n'
                f'NFE of all 24 cases matches the fixture (counted calls). GITS schedule for the fixture\'s warm-up '
                f'latents: indices `{idx}` ({"identical to" if ok else "DIFFERENT from"} the fixture).')

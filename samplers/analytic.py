@@ -8,10 +8,10 @@ returning it in the dtype of `x`.
 - `Gaussian`: y ~ N(mean, diag(var)). Its PF-ODE has a closed-form solution.
 - `GaussianMixture`: y ~ sum_k w_k N(mu_k, s2_k I).
 - `IdealDenoiser`: the empirical distribution of a finite set of images (a mixture with s2 = 0), i.e. the
-  "ideal denoiser" of Karras et al. 2022, App. B.3.
+  "ideal denoiser" of Karras et al. 2022.
 
 `solve_pf_ode(net, x, sigma_from, sigma_to)` integrates dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al.
-2022, eq. 3 with sigma(t) = t, s(t) = 1) with scipy's DOP853 in float64 and tight tolerances.
+2022, eq. 1 and 3 with sigma(t) = t, s(t) = 1) with scipy's DOP853 in float64 and tight tolerances.
 """
 
 import math
@@ -80,7 +80,7 @@ class Gaussian(AnalyticDenoiser):
         return mean + var / (var + sigma ** 2) * (x - mean)
 
     def exact_solution(self, x, sigma_from, sigma_to, **kwargs):
-        # dx/dsigma = sigma (x - m) / (v + sigma^2) (Karras et al. 2022, eq. 3) => x - m ~ sqrt(v + sigma^2).
+        # dx/dsigma = sigma (x - m) / (v + sigma^2) (Karras et al. 2022, eq. 1 and 3) => x - m ~ sqrt(v + sigma^2).
         batch = x.shape[0]
         x64 = x.detach().to(torch.float64).reshape(batch, self.dim)
         s0 = self._flat_sigma(sigma_from, batch, x.device)
@@ -128,7 +128,7 @@ class GaussianMixture(AnalyticDenoiser):
 
 
 class IdealDenoiser(GaussianMixture):
-    """The ideal denoiser of a finite set of images (Karras et al. 2022, App. B.3, eq. 57): uniform weights, s2 = 0."""
+    """The ideal denoiser of a finite set of images (Karras et al. 2022): uniform weights, s2 = 0."""
 
     def __init__(self, images, sigma_min=0.002, sigma_max=80.0):
         images = torch.as_tensor(images, dtype=torch.float64)
@@ -142,8 +142,8 @@ def solve_pf_ode(net, x, sigma_from, sigma_to, rtol=1e-11, atol=1e-12, class_lab
                  sigma_floor=1e-7):
     """Integrate the PF-ODE from sigma_from to sigma_to with scipy in float64; returns float64 [like x].
 
-    Uses the variable s = ln(sigma): dx/ds = x - D(x; sigma) (Karras et al. 2022, eq. 3 times sigma), which keeps
-    the right-hand side smooth over the whole range 80 -> 0.002. sigma_to = 0 is replaced by `sigma_floor`
+    Uses the variable s = ln(sigma): dx/ds = x - D(x; sigma) (Karras et al. 2022, eq. 1 and 3, times sigma),
+    which keeps the right-hand side smooth over the whole range 80 -> 0.002. sigma_to = 0 is replaced by `sigma_floor`
     (the solution of a mixture with s2 > 0 moves by O(sigma^2) below it).
     """
     from scipy.integrate import solve_ivp

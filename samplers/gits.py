@@ -1,5 +1,5 @@
 """GITS: geometry-inspired time scheduling (Chen et al. 2024, "On the Trajectory Regularity of ODE-based
-Diffusion Sampling", ICML 2024, arXiv 2405.11326, sec. 4).
+Diffusion Sampling", ICML 2024, arXiv 2405.11326).
 
 1. A teacher solver runs on a fine grid of M = num_steps_tea noise levels from warm-up latents, recording its
    states X_0..X_{M-1} and first-stage derivatives d_0..d_{M-2}.
@@ -63,7 +63,7 @@ def _deviation(points, x_first, x_last):
 def gits_cost_matrix(states, derivs, t_steps, metric='dev'):
     """C [M, M] float32 (only i < j used): cost of one Euler jump i -> j from the teacher's state X_i.
 
-    Chen et al. 2024, sec. 4.2 (eq. 9 with the toolbox's metrics): 'l1' = mean ||X_hat - X_j||_1, 'l2' =
+    Chen et al. 2024 (GITS cost, with the toolbox's metrics): 'l1' = mean ||X_hat - X_j||_1, 'l2' =
     mean ||X_hat - X_j||_2, 'dev' = mean dev(X_hat) - mean dev(X_j) with dev(X_{M-1}) := 0 (signed).
     """
     if metric not in METRICS:
@@ -89,7 +89,7 @@ def gits_cost_matrix(states, derivs, t_steps, metric='dev'):
 def gits_dp(cost, num_steps, coeff=1.15):
     """Indices 0 = s_0 < s_1 < ... < s_K = M-1 (K = num_steps - 1) minimising sum_m coeff^(m-1) C[s_{m-1}, s_m].
 
-    Chen et al. 2024, sec. 4.2, Algorithm 1: V_1(j) = C[j, M-1]; V_k(j) = min_{j < i <= M-2} C[j, i] + coeff
+    Chen et al. 2024 (GITS dynamic programming): V_1(j) = C[j, M-1]; V_k(j) = min_{j < i <= M-2} C[j, i] + coeff
     V_{k-1}(i) (float64 accumulation over the float32 costs); backtracking from 0 takes the smallest i attaining
     the minimum. Returns a list of num_steps ints.
     """
@@ -162,7 +162,7 @@ def gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea=
     indices = gits_dp(cost, num_steps, coeff)
 
     if afs and indices[1] > 1:
-        # Chen et al. 2024, sec. 4.3 / toolbox: with AFS the first step is free, so try one more point in (0, s_1).
+        # GITS toolbox: with AFS the first step is free, so try one more point in (0, s_1).
         opts = dict(solver_options or {})
         labels = None if class_labels is None else class_labels[start:stop]
         target = states[-1]

@@ -12,7 +12,7 @@ import torch
 
 SCHEDULE_TYPES = ('polynomial', 'logsnr', 'time_uniform', 'discrete')
 
-# VP-SDE time of the last point of the `time_uniform` grid (DEIS, Zhang & Chen 2023, Sec. 5; EDM App. C.2).
+# VP-SDE time of the last point of the `time_uniform` grid (epsilon_s of Song et al. 2021 / EDM's VP setting).
 TIME_UNIFORM_EPS = 1e-3
 
 # ----------------------------------------------------------------------------
@@ -21,13 +21,14 @@ TIME_UNIFORM_EPS = 1e-3
 def vp_fit(sigma_min, sigma_max, eps_s=TIME_UNIFORM_EPS, dtype=torch.float32):
     """(beta_d, beta_min) of the VP-SDE whose sigma(t) runs from sigma_min at t=eps_s to sigma_max at t=1.
 
-    EDM App. C.2 eq. 103-104 (refitted VP constants). Computed in `dtype` (float32 in the toolbox, which gives
+    The refitted VP constants of EDM's ablation sampler (Karras et al. 2022, VP row of Table 1 with sigma(eps_s) =
+    sigma_min, sigma(1) = sigma_max). Computed in `dtype` (float32 in the toolbox, which gives
     beta_d = 17.53785, beta_min = -0.0047158 for (0.002, 80)).
     """
     l_min = torch.log(torch.tensor(sigma_min, dtype=dtype) ** 2 + 1)
     l_max = torch.log(torch.tensor(sigma_max, dtype=dtype) ** 2 + 1)
-    beta_d = 2 * (l_min / eps_s - l_max) / (eps_s - 1)  # EDM eq. 104
-    beta_min = l_max - 0.5 * beta_d  # EDM eq. 103
+    beta_d = 2 * (l_min / eps_s - l_max) / (eps_s - 1)  # solves sigma(eps_s) = sigma_min, sigma(1) = sigma_max
+    beta_min = l_max - 0.5 * beta_d  # for the VP sigma(t) of EDM Table 1
     return beta_d, beta_min
 
 

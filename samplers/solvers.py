@@ -1,7 +1,7 @@
 """Training-free ODE solvers for the probability-flow ODE, one function per solver.
 
-Every solver integrates dx/dsigma = d(x; sigma) = (x - D(x; sigma)) / sigma (Karras et al. 2022, eq. 3 with
-sigma(t) = t, s(t) = 1) over a given schedule t_0 > ... > t_{N-1} > 0 and shares one signature:
+Every solver integrates dx/dsigma = d(x; sigma) = (x - D(x; sigma)) / sigma (Karras et al. 2022, EDM, eq. 1 with the
+score of eq. 3, sigma(t) = t, s(t) = 1) over a given schedule t_0 > ... > t_{N-1} > 0 and shares one signature:
 
     solver(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, **options) -> x
 
@@ -10,7 +10,7 @@ t_next, x_cur, x_next, d_cur)` is called after every step i with the first-stage
 (GITS records teacher trajectories this way). The state stays in the dtype of `x`; `samplers.sample` runs them
 in float32, as the GITS toolbox (zju-pi/diff-sampler) does, so outputs match it to float32 round-off.
 
-AFS (analytical first step, Dockhorn et al. 2022 "GENIE" / Zhou et al. 2024 "AMED", sec. 3.3): on step 0 the
+AFS (analytical first step of AMED-Solver, Zhou et al. 2024, as used by the GITS toolbox): on step 0 the
 net call is replaced by d_0 = x_0 / sqrt(1 + t_0^2), which saves one NFE.
 
 NFE below is for N = len(t_steps) timestamps, without AFS (AFS saves one) and without denoise_to_zero (adds one).
@@ -31,12 +31,12 @@ def _denoise(net, x, t, class_labels, model_kwargs):
 
 
 def _derivative(net, x, t, class_labels, model_kwargs):
-    # Karras et al. 2022, eq. 3 (sigma(t) = t, s(t) = 1): dx/dt = (x - D(x; t)) / t.
+    # Karras et al. 2022, eq. 1 and 3 (sigma(t) = t, s(t) = 1): dx/dt = (x - D(x; t)) / t.
     return (x - _denoise(net, x, t, class_labels, model_kwargs)) / t
 
 
 def _afs_derivative(x, t):
-    # Analytical first step (Zhou et al. 2024, AMED, sec. 3.3): at t_0 >> 1, D ~ 0 and x / sqrt(1 + t^2) ~ n.
+    # Analytical first step (Zhou et al. 2024, AMED-Solver): at t_0 >> 1, D ~ 0 and x / sqrt(1 + t^2) ~ n.
     return x / torch.sqrt(1 + t ** 2)
 
 
@@ -48,7 +48,7 @@ def _first_derivative(net, x, t, i, afs, class_labels, model_kwargs):
 
 
 def dynamic_threshold(x0, quantile=0.995):
-    """Dynamic thresholding (Saharia et al. 2022, Imagen, sec. 2.3): s = max(1, q_0.995(|x0|)) per sample.
+    """Dynamic thresholding (Saharia et al. 2022, Imagen): s = max(1, q_0.995(|x0|)) per sample.
 
     Returns clip(x0, -s, s) / s. Kept as in the GITS toolbox: always on for DPM-Solver++ and UniPC in
     data-prediction mode (it is inactive when |x0| <= 1 everywhere).
@@ -62,12 +62,12 @@ def _data_or_noise(net, x, t, i, afs, predict_x0, class_labels, model_kwargs):
     """Model output of the exponential-integrator solvers: thresholded D in data mode, d in noise mode."""
     d = _first_derivative(net, x, t, i, afs, class_labels, model_kwargs)
     if predict_x0:
-        return dynamic_threshold(x - t * d)  # D = x - t d (exact inverse of eq. 3 on the net call)
+        return dynamic_threshold(x - t * d)  # D = x - t d (inverse of d = (x - D) / t)
     return d
 
 
 def _lambda(t):
-    # Half log-SNR in VE form (Lu et al. 2022, DPM-Solver, sec. 3.1 with alpha = 1): lambda = -ln(sigma).
+    # Half log-SNR (Lu et al. 2022a, DPM-Solver: lambda = ln(alpha / sigma)) with alpha = 1: lambda = -ln(sigma).
     return -torch.log(t)
 
 
@@ -84,7 +84,7 @@ def euler(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model
     """Euler (= DDIM, Song et al. 2021). NFE = N - 1."""
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        x_next = x + (t_next - t_cur) * d_cur  # explicit Euler on eq. 3
+        x_next = x + (t_next - t_cur) * d_cur  # explicit Euler step (Karras et al. 2022, Alg. 1, Euler part)
         if callback is not None:
             callback(i, t_cur, t_next, x, x_next, d_cur)
         x = x_next
@@ -92,15 +92,15 @@ def euler(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model
 
 
 def heun(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None):
-    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1), corrected on every step. NFE = 2 (N - 1).
+    """Heun's 2nd-order method (Karras et al. 2022, EDM, Algorithm 1), corrected on every step. NFE = 2 (N - 1).
 
     On the AFS step only the first evaluation is replaced; the corrector still calls the net.
     """
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        x_pred = x + (t_next - t_cur) * d_cur  # Karras et al. 2022, Alg. 1 line 5
-        d_prime = _derivative(net, x_pred, t_next, class_labels, model_kwargs)  # Alg. 1 lines 7-8
-        x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)  # Alg. 1 line 8 (trapezoid)
+        x_pred = x + (t_next - t_cur) * d_cur  # Karras et al. 2022, Alg. 1: Euler predictor
+        d_prime = _derivative(net, x_pred, t_next, class_labels, model_kwargs)  # Alg. 1: derivative at the predictor
+        x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)  # Alg. 1: trapezoidal correction
         if callback is not None:
             callback(i, t_cur, t_next, x, x_next, d_cur)
         x = x_next
@@ -108,7 +108,9 @@ def heun(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_
 
 
 def dpm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, r=0.5):
-    """DPM-Solver-2 (Lu et al. 2022, Algorithm 4 in the sigma variable, as in the GITS toolbox). NFE = 2 (N - 1).
+    """DPM-Solver-2 (Lu et al. 2022a) written in sigma, as in the GITS toolbox. NFE = 2 (N - 1).
+
+    In VE form a first-order DPM-Solver (DDIM) step is an Euler step in sigma, so both stages are Euler steps.
 
     The intermediate point is t_mid = t_next^r t_cur^(1-r) (r = 1/2: the midpoint in lambda = -ln sigma).
     """
@@ -116,10 +118,10 @@ def dpm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_k
         raise ValueError(f'dpm: r must be in (0, 1] (got {r!r})')
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        t_mid = (t_next ** r) * (t_cur ** (1 - r))  # Lu et al. 2022, Alg. 4: s_i = t_{i-1} + r h_i in lambda
+        t_mid = (t_next ** r) * (t_cur ** (1 - r))  # Lu et al. 2022a, DPM-Solver-2: lambda_mid = lambda_cur + r h
         x_mid = x + (t_mid - t_cur) * d_cur
         d_mid = _derivative(net, x_mid, t_mid, class_labels, model_kwargs)
-        # Lu et al. 2022, Alg. 4 (generic r, first-order difference of the two derivatives).
+        # Lu et al. 2022a, DPM-Solver-2 (general r): weights 1/(2r) on the midpoint, 1 - 1/(2r) on the start.
         x_next = x + (t_next - t_cur) * ((1 / (2 * r)) * d_mid + (1 - 1 / (2 * r)) * d_cur)
         if callback is not None:
             callback(i, t_cur, t_next, x, x_next, d_cur)
@@ -129,14 +131,14 @@ def dpm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_k
 # ----------------------------------------------------------------------------
 # Linear multistep solvers on the derivative d (Adams-Bashforth family).
 
-# Adams-Bashforth coefficients for equal steps (Hairer, Norsett & Wanner, Solving ODEs I, sec. III.1, Table 1.1),
-# newest first. iPNDM (Zhang & Chen 2023, DEIS, App. B / eq. 29) applies them to the sigma increment.
+# Adams-Bashforth coefficients for equal steps (Hairer, Norsett & Wanner, Solving ODEs I, sec. III.1), newest
+# first. iPNDM (Zhang & Chen 2023, DEIS) applies them to the sigma increment.
 # Stored as (numerators, denominator).
 _AB_COEFFS = {1: ((1,), 1), 2: ((3, -1), 2), 3: ((23, -16, 5), 12), 4: ((55, -59, 37, -9), 24)}
 
 
 def ipndm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4):
-    """Improved PNDM (Zhang & Chen 2023, DEIS, eq. 29): equal-step Adams-Bashforth weights on dsigma.
+    """Improved PNDM (iPNDM of Zhang & Chen 2023, DEIS): equal-step Adams-Bashforth weights on dsigma.
 
     Order min(max_order, i + 1) at step i (warm-up 1, 2, 3, 4, 4, ...); the weights ignore the uneven sigma
     spacing, which makes the method second order on a non-uniform grid. max_order 1..4 (1 is Euler; the GITS
@@ -151,7 +153,7 @@ def ipndm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model
         slope = numerators[0] * d_cur
         for c, d_old in zip(numerators[1:], history):
             slope = slope + c * d_old
-        x_next = x + (t_next - t_cur) * slope / denominator  # Zhang & Chen 2023, eq. 29
+        x_next = x + (t_next - t_cur) * slope / denominator  # iPNDM (DEIS paper): x += dsigma * AB combination of d
         if callback is not None:
             callback(i, t_cur, t_next, x, x_next, d_cur)
         history = [d_cur] + history[:max_order - 2] if max_order > 1 else []
@@ -162,17 +164,19 @@ def ipndm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model
 def _ipndm_v_coeffs(order, h0, h1=None, h2=None, h3=None):
     """Weights c_k (newest first) of the variable-step iPNDM update x_{i+1} = x_i + h0 sum_k c_k d_{i-k}.
 
-    h0 = t_{i+1} - t_i, h1 = t_i - t_{i-1}, h2 = t_{i-1} - t_{i-2}, h3 = t_{i-2} - t_{i-3} (signed). Orders 2 and 3
-    are the variable-step Adams-Bashforth weights (Hairer, Norsett & Wanner, sec. III.5, eq. 5.5); the order-4
-    weights are the GITS toolbox's (zju-pi/diff-sampler `ipndm_v`), kept as published: on an equal grid they
-    give (57, -65, 43, -11)/24 instead of AB4's (55, -59, 37, -9)/24, i.e. a consistent 3rd-order method.
+    h0 = t_{i+1} - t_i, h1 = t_i - t_{i-1}, h2 = t_{i-1} - t_{i-2}, h3 = t_{i-2} - t_{i-3} (signed). These are the
+    GITS toolbox's weights (zju-pi/diff-sampler `ipndm_v`), kept as published. Order 2 is variable-step AB2
+    (cf. Hairer, Norsett & Wanner, sec. III.5). Order 3 reduces to AB3 on equal steps; on uneven steps it is exact
+    only for linear d but still converges at third order. Order 4 gives (57, -65, 43, -11)/24 on equal steps
+    instead of AB4's (55, -59, 37, -9)/24, and on uneven steps its weights do not sum to one
+    (sum = 1 + T2 A (h2/h3 - h1/h2)); it converges only once step ratios vary slowly (measured order ~2).
     """
     if order == 1:
         return (1.0,)
     a = h0 / (2 * h1)
     if order == 2:
-        return (1 + a, -a)  # variable-step AB2
-    t1 = 0.5 * (1 - h0 ** 2 / (3 * h1 * (h1 + h2)))  # variable-step AB3 correction term
+        return (1 + a, -a)  # variable-step AB2: integral of the line through d_i, d_(i-1)
+    t1 = 0.5 * (1 - h0 ** 2 / (3 * h1 * (h1 + h2)))  # toolbox's third-order term (5/12 on equal steps)
     if order == 3:
         return (1 + a + t1, -a - (1 + h1 / h2) * t1, t1 * h1 / h2)
     # Order 4 exactly as the toolbox (see docstring).
@@ -188,8 +192,9 @@ def _ipndm_v_coeffs(order, h0, h1=None, h2=None, h3=None):
 def ipndm_v(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4):
     """Variable-step iPNDM (Zhang & Chen 2023; GITS toolbox `ipndm_v`). NFE = N - 1.
 
-    Order min(max_order, i + 1); orders 2-3 are exact variable-step Adams-Bashforth in sigma, order 4 keeps the
-    toolbox's weights (3rd order, see `_ipndm_v_coeffs`). max_order 1..4.
+    Order min(max_order, i + 1) with the toolbox's step-size-dependent weights (see `_ipndm_v_coeffs`: order 2
+    is variable-step AB2; orders 3 and 4 are kept as published, including the non-AB4 order-4 weights, which
+    can be unstable on very uneven schedules). max_order 1..4 (1 is Euler).
     """
     max_order = _check_order('ipndm_v', max_order, 4)
     t = t_steps
@@ -216,7 +221,7 @@ _DEIS_NODES = 10000
 
 
 def _deis_tab_table(t_steps, max_order):
-    """C[i][k] of DEIS-tAB (Zhang & Chen 2023, eq. 15/Sec. 4): integrals of Lagrange polynomials in VP time tau.
+    """C[i][k] of DEIS-tAB (Zhang & Chen 2023): integrals of Lagrange polynomials in VP time tau.
 
     C_{i,k} = int_{tau_i}^{tau_{i+1}} (dsigma/dtau) l_k(tau) dtau, with l_k the Lagrange basis on tau_i, ...,
     tau_{i-p+1}. As in the GITS toolbox, the integral is the Riemann sum (tau_{i+1} - tau_i) / M sum_m f(s_m) l_k(s_m)
@@ -252,7 +257,7 @@ def _deis_tab_table(t_steps, max_order):
 
 
 def _rhoab_table(t_steps, max_order):
-    """C[i][k] of DEIS rho-AB (Zhang & Chen 2023, sec. 4, "rhoAB"): Adams-Bashforth in rho = sigma.
+    """C[i][k] of DEIS rhoAB (Zhang & Chen 2023): Adams-Bashforth in rho = sigma.
 
     C_{i,k} = int_{t_i}^{t_{i+1}} l_k(sigma) dsigma, with l_k the Lagrange basis on t_i, ..., t_{i-p+1}; the
     integrals are exact (Gauss-Legendre with 4 points is exact up to degree 7).
@@ -297,7 +302,7 @@ def deis(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
         coeffs = table[i]
-        x_next = x + coeffs[0] * d_cur  # Zhang & Chen 2023, eq. 15 in the sigma variable
+        x_next = x + coeffs[0] * d_cur  # DEIS multistep update in sigma: x += sum_k C_ik d_(i-k)
         for c, d_old in zip(coeffs[1:], history):
             x_next = x_next + c * d_old
         if callback is not None:
@@ -319,7 +324,7 @@ def _dpmpp_order(i, n_steps, max_order, lower_order_final):
 
 def dpmpp(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=3,
           predict_x0=True, lower_order_final=True):
-    """Multistep DPM-Solver++ (Lu et al. 2022b, Algorithm 2 and App. B "3M"), VE form. NFE = N - 1.
+    """Multistep DPM-Solver++ (Lu et al. 2022b: 2M, and 3M as in the authors' code), VE form. NFE = N - 1.
 
     predict_x0=True: data prediction (DPM-Solver++) with 0.995-quantile dynamic thresholding, kept from the
     toolbox; predict_x0=False: noise prediction (multistep DPM-Solver). Order min(max_order, i + 1) during
@@ -335,30 +340,30 @@ def dpmpp(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model
         h = _lambda(t_next) - _lambda(t_cur)
         if predict_x0:
             phi_1 = torch.exp(-h) - 1
-            x_next = (t_next / t_cur) * x - phi_1 * m  # Lu et al. 2022b, eq. 9 (first order = DDIM)
+            x_next = (t_next / t_cur) * x - phi_1 * m  # Lu et al. 2022b, DPM-Solver++(1) = DDIM, data prediction
         else:
             phi_1 = torch.exp(h) - 1
-            x_next = x - t_next * phi_1 * m  # Lu et al. 2022a, eq. 3.7 (first order = DDIM)
+            x_next = x - t_next * phi_1 * m  # Lu et al. 2022a, DPM-Solver-1 = DDIM, noise prediction
         if order >= 2:
             r0 = (_lambda(ts[-1]) - _lambda(ts[-2])) / h
             d1_0 = (ms[-1] - ms[-2]) / r0
             if order == 2:
                 d1 = d1_0
-                # Lu et al. 2022b, Alg. 2 (2M): x_t = (t/s) x - phi_1 m - phi_1 D1 / 2.
+                # Lu et al. 2022b, DPM-Solver++(2M): x_t = (t/s) x - phi_1 m - phi_1 D1 / 2.
                 x_next = x_next - 0.5 * phi_1 * d1 if predict_x0 else x_next - 0.5 * t_next * phi_1 * d1
             else:
                 r1 = (_lambda(ts[-2]) - _lambda(ts[-3])) / h
                 d1_1 = (ms[-2] - ms[-3]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # Lu et al. 2022b, App. B (3M) eq. for D1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # DPM-Solver++(3M): D1, D2 from three outputs
                 d2 = (d1_0 - d1_1) / (r0 + r1)
                 if predict_x0:
                     phi_2 = phi_1 / h + 1
                     phi_3 = phi_2 / h - 0.5
-                    x_next = x_next + phi_2 * d1 - phi_3 * d2  # Lu et al. 2022b, App. B, 3M update
+                    x_next = x_next + phi_2 * d1 - phi_3 * d2  # DPM-Solver++(3M) update (data prediction)
                 else:
                     phi_2 = phi_1 / h - 1
                     phi_3 = phi_2 / h - 0.5
-                    x_next = x_next - t_next * (phi_2 * d1 + phi_3 * d2)  # Lu et al. 2022a, App. B, 3M (noise)
+                    x_next = x_next - t_next * (phi_2 * d1 + phi_3 * d2)  # 3M update, noise prediction
         if callback is not None:
             d_cur = (x - m) / t_cur if predict_x0 else m
             callback(i, t_cur, t_next, x, x_next, d_cur)
@@ -370,7 +375,7 @@ UNIPC_VARIANTS = ('bh1', 'bh2')
 
 
 def _unipc_update(x, t, ms, ts, order, predict_x0, variant, corrector):
-    """One UniPC step of order p from the buffer (newest last) to time t (Zhao et al. 2023, Alg. 1-3, VE form).
+    """One UniPC step of order p from the buffer (newest last) to time t (Zhao et al. 2023, UniPC, VE form).
 
     Returns (x_t predicted, function(m_t) -> corrected x_t or None).
     """
@@ -378,7 +383,7 @@ def _unipc_update(x, t, ms, ts, order, predict_x0, variant, corrector):
     h = _lambda(t) - _lambda(t0)
     rks, d1s = [], []
     for k in range(1, order):
-        rk = (_lambda(ts[-(k + 1)]) - _lambda(t0)) / h  # Zhao et al. 2023, r_k = (lambda_{t_{i-k}} - lambda_{t_{i-1}}) / h
+        rk = (_lambda(ts[-(k + 1)]) - _lambda(t0)) / h  # UniPC: r_k = (lambda_k - lambda_0) / h
         rks.append(rk)
         d1s.append((ms[-(k + 1)] - m0) / rk)  # D_k = (m_k - m_0) / r_k
     rks.append(torch.ones_like(h))
@@ -386,7 +391,7 @@ def _unipc_update(x, t, ms, ts, order, predict_x0, variant, corrector):
     hh = -h if predict_x0 else h  # data prediction integrates e^{-h}, noise prediction e^{h}
     h_phi_1 = torch.exp(hh) - 1  # phi_1(hh) * hh
     b_h = hh if variant == 'bh1' else torch.exp(hh) - 1  # Zhao et al. 2023, B_1(h) = h, B_2(h) = e^h - 1
-    # g_1 = phi_1/hh - 1, g_{j+1} = g_j / hh - 1/(j+1)!; b_j = j! g_j / B(h) (Zhao et al. 2023, eq. 8 / App. C).
+    # g_1 = phi_1/hh - 1, g_{j+1} = g_j / hh - 1/(j+1)!; b_j = j! g_j / B(h) (Zhao et al. 2023, UniPC).
     g = h_phi_1 / hh - 1
     fact = 1
     rows, b = [], []
@@ -407,10 +412,10 @@ def _unipc_update(x, t, ms, ts, order, predict_x0, variant, corrector):
     else:
         d1s, pred_res = None, 0
     if predict_x0:
-        x_base = (t / t0) * x - h_phi_1 * m0  # Zhao et al. 2023, Alg. 2 (data prediction), alpha = 1
+        x_base = (t / t0) * x - h_phi_1 * m0  # UniP-p, data prediction (Zhao et al. 2023), alpha = 1
         x_pred = x_base - b_h * pred_res
     else:
-        x_base = x - t * h_phi_1 * m0  # Zhao et al. 2023, Alg. 3 (noise prediction), alpha = 1
+        x_base = x - t * h_phi_1 * m0  # UniP-p, noise prediction (Zhao et al. 2023), alpha = 1
         x_pred = x_base - t * b_h * pred_res
     if not corrector:
         return x_pred, None
