@@ -144,8 +144,12 @@ def gits_search(net, network_key, kwargs, opts, device):
                   num_steps_tea=opts['num_steps_tea'], metric=opts['metric'], coeff=opts['coeff'],
                   num_warmup=opts['num_warmup'], schedule_type=kwargs['schedule_type'],
                   schedule_rho=kwargs['schedule_rho'], sigma_min=opts.get('sigma_min') or 0.002,
-                  sigma_max=opts.get('sigma_max') or 80, afs=kwargs['afs'], max_order=kwargs.get('max_order', 4),
+                  sigma_max=opts.get('sigma_max') or 80, afs=kwargs['afs'], solver=kwargs['solver'],
                   class_idx=opts.get('class_idx'))
+    # The teacher keeps its own default options; the student's (used by the AFS search) are part of the key.
+    student_options = {k: kwargs[k] for k in ('max_order', 'predict_x0', 'lower_order_final', 'variant', 'deis_mode')
+                       if k in kwargs}
+    search.update(student_options)
     digest = hashlib.sha256(json.dumps(search, sort_keys=True).encode()).hexdigest()[:20]
     cache_path = dnnlib.make_cache_dir_path('gits', f'{digest}.json')
     t_steps = None
@@ -166,7 +170,7 @@ def gits_search(net, network_key, kwargs, opts, device):
                     num_steps_tea=opts['num_steps_tea'], metric=opts['metric'], coeff=opts['coeff'],
                     sigma_min=search['sigma_min'], sigma_max=search['sigma_max'],
                     schedule_type=kwargs['schedule_type'], schedule_rho=kwargs['schedule_rho'], afs=kwargs['afs'],
-                    max_order=search['max_order'])
+                    solver=kwargs['solver'], solver_options=student_options)
             t_steps = [float(t) for t in torch.as_tensor(result).flatten().tolist()]
             _write_json(cache_path, dict(search=search, t_steps=t_steps))
     t_steps = dist.broadcast_object(t_steps)
