@@ -53,7 +53,7 @@ def test_help_matches_docs():
                          env=dict(os.environ, COLUMNS='80'))
     assert res.returncode == 0
     with open(os.path.join(ROOT, 'docs', 'example-help.txt'), encoding='utf-8') as f:
-        assert res.stdout == f.read(), 'docs/example-help.txt is stale: python example.py --help > docs/example-help.txt'
+        assert res.stdout == f.read(), 'stale: python example.py --help > docs/example-help.txt'
 
 
 @pytest.mark.parametrize('dataset,steps,churn', [('cifar10', 18, None), ('ffhq', 40, None), ('afhqv2', 40, None),

@@ -106,7 +106,7 @@ def test_short_run_learns_and_writes_the_official_files(data, tmp_path):
                                            'training-state-000000.pt', 'training_options.json']
     with open(os.path.join(run_dir, 'stats.jsonl')) as f:
         ticks = [json.loads(line) for line in f]
-    assert [t['Progress/tick']['mean'] for t in ticks] == [0, 1, 2, 3, 4]      # Tick 0 after step 1, then 10 steps each.
+    assert [t['Progress/tick']['mean'] for t in ticks] == [0, 1, 2, 3, 4]   # Tick 0 after step 1, then every 10.
     assert ticks[-1]['Progress/kimg']['mean'] == pytest.approx(0.32)
     with open(os.path.join(run_dir, 'log.txt')) as f:
         log = f.read()

@@ -26,7 +26,8 @@ ARCHS = {
 PRECONDS = {
     'vp': dict(network='training.networks.VPPrecond', loss='training.loss.VPLoss', network_kwargs={}, loss_kwargs={}),
     've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={}),
-    'edm': dict(network='training.networks.EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={}, loss_kwargs={}),
+    'edm': dict(network='training.networks.EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={},
+                loss_kwargs={}),
 }
 
 # Formulations of the united projects that are planned but not implemented yet.
@@ -129,7 +130,8 @@ def check_dataset(c):
     try:
         dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
         label_dim = dataset.label_dim if c.dataset_kwargs.use_labels else 0
-        resolution, channels, size, has_labels = dataset.resolution, dataset.num_channels, len(dataset), dataset.has_labels
+        resolution, channels, size = dataset.resolution, dataset.num_channels, len(dataset)
+        has_labels = dataset.has_labels
     except (IOError, OSError, ValueError, AssertionError) as e:
         raise ConfigError(f'--data={path}: {_first_line(e)}') from e
     if c.dataset_kwargs.use_labels and not has_labels:

@@ -30,7 +30,7 @@ MODELS = {
 
 
 def network_url(dataset):
-    """Where the model for `dataset` comes from: the bundled file or the official URL (mirror via EDM_PRETRAINED_BASE)."""
+    """The bundled file or the official URL of the model for `dataset` (mirror: EDM_PRETRAINED_BASE)."""
     model = MODELS[dataset]
     if model['file'] is None:
         return BUNDLED

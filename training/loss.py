@@ -52,7 +52,7 @@ class VPLoss:
 
 @persistence.persistent_class
 class VELoss:
-    """Variance exploding loss (Song et al. 2021, NCSN++): sigma log-uniform in [sigma_min, sigma_max], lambda = 1/sigma^2."""
+    """Variance exploding loss (Song et al. 2021, NCSN++): sigma log-uniform in [sigma_min, sigma_max], 1/sigma^2."""
 
     def __init__(self, sigma_min=0.02, sigma_max=100):
         self.sigma_min = sigma_min
@@ -76,6 +76,6 @@ class EDMLoss:
 
     def __call__(self, net, images, labels=None, augment_pipe=None, rng=None):
         rnd_normal = (torch.randn if rng is None else rng.randn)([images.shape[0], 1, 1, 1], device=images.device)
-        sigma = (rnd_normal * self.P_std + self.P_mean).exp()                  # EDM Table 1: ln sigma ~ N(P_mean, P_std^2).
-        weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2   # EDM eq. 8 / Table 1: lambda(sigma).
+        sigma = (rnd_normal * self.P_std + self.P_mean).exp()       # EDM Table 1: ln sigma ~ N(P_mean, P_std^2).
+        weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2   # EDM Table 1: lambda(sigma).
         return weight * _denoising_error(net, images, labels, augment_pipe, sigma, rng)

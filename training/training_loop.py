@@ -78,7 +78,7 @@ class StreamSampler(torch.utils.data.Sampler):
 
 
 class SampleRNG(misc.StackedRandomGenerator):
-    """One generator per sample, seeded by (seed, stream position): `rand`, `randn`, `randint` with torch's signatures."""
+    """One generator per sample, seeded by (seed, stream position); `rand`, `randn`, `randint` as in torch."""
 
     def __init__(self, device, seed, positions):
         seeds = [np.random.SeedSequence([int(seed), int(p)]).generate_state(1)[0] for p in positions]
@@ -166,7 +166,8 @@ def load_transfer(path, c):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f'--transfer={path}: cannot load the network ({first})') from e
     info = c.dataset_info
-    for attr, want in (('img_resolution', info.resolution), ('img_channels', info.channels), ('label_dim', info.label_dim)):
+    for attr, want in (('img_resolution', info.resolution), ('img_channels', info.channels),
+                       ('label_dim', info.label_dim)):
         have = getattr(net, attr, None)
         if have is not None and have != want:
             raise ConfigError(f'--transfer={path}: the network has {attr}={have}, but the dataset needs {want}')
@@ -400,7 +401,8 @@ def training_loop(
         training_stats.default_collector.update()
         stats = training_stats.default_collector.as_dict()
         dist.print0('  '.join([
-            f'tick {cur_tick:<5d}', f'kimg {cur_nimg / 1e3:<9.3f}', f'time {_format_time(tick_end_time - start_time):<9s}',
+            f'tick {cur_tick:<5d}', f'kimg {cur_nimg / 1e3:<9.3f}',
+            f'time {_format_time(tick_end_time - start_time):<9s}',
             f'sec/tick {tick_time:<7.1f}', f'sec/kimg {tick_time / tick_nimg * 1e3:<7.2f}',
             f'img/s {tick_nimg / max(tick_time, 1e-8):<8.1f}', f'loss {stats["Loss/loss"]["mean"]:<8.4f}',
             f'maintenance {maintenance_time:<6.1f}', f'cpumem {stats["Resources/cpu_mem_gb"]["mean"]:<6.2f}',
@@ -411,7 +413,8 @@ def training_loop(
             ema_copy = copy.deepcopy(ema).cpu().eval().requires_grad_(False)
             misc.check_ddp_consistency(ema)
             if rank == 0:
-                data = dict(ema=ema_copy, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=_plain(dataset_kwargs))
+                data = dict(ema=ema_copy, loss_fn=loss_fn, augment_pipe=augment_pipe,
+                            dataset_kwargs=_plain(dataset_kwargs))
                 persistence.save_pickle(data, os.path.join(run_dir, f'network-snapshot-{kimg_name}.pkl'))
             del ema_copy
         if state_dump_ticks is not None and (done or (cur_tick != 0 and cur_tick % state_dump_ticks == 0)):
