@@ -67,4 +67,4 @@ def unsupported_option(name, message):
         if value is not None:
             raise click.UsageError(f'{name} is not supported: {message}', ctx=ctx)
         return value
-    return click.option(name, hidden=True, default=None, expose_value=False, callback=callback, is_eager=False)
+    return click.option(name, hidden=True, default=None, expose_value=False, callback=callback, is_eager=True)

@@ -22,6 +22,10 @@ class StackedRandomGenerator:
         assert size[0] == len(self.generators)
         return torch.stack([torch.randn(size[1:], generator=gen, **kwargs) for gen in self.generators])
 
+    def rand(self, size, **kwargs):
+        assert size[0] == len(self.generators)
+        return torch.stack([torch.rand(size[1:], generator=gen, **kwargs) for gen in self.generators])
+
     def randn_like(self, input):
         return self.randn(input.shape, dtype=input.dtype, layout=input.layout, device=input.device)
 

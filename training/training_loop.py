@@ -84,10 +84,6 @@ class SampleRNG(misc.StackedRandomGenerator):
         seeds = [np.random.SeedSequence([int(seed), int(p)]).generate_state(1)[0] for p in positions]
         super().__init__(device, seeds)
 
-    def rand(self, size, **kwargs):
-        assert size[0] == len(self.generators)
-        return torch.stack([torch.rand(size[1:], generator=gen, **kwargs) for gen in self.generators])
-
 # ----------------------------------------------------------------------------
 # Training state files.
 
