@@ -122,3 +122,27 @@ def test_recompile_cli(evil_pickle, tmp_path):
     rebuilt = dest.read_bytes()
     assert b'EMBEDDED CODE RAN' not in rebuilt and b'class SongUNet' in rebuilt
     assert torch.equal(outputs(net), outputs(persistence.load_network(str(dest), trust_pickle=True)['ema']))
+
+
+def test_pickle_cannot_tamper_with_loader_globals(tmp_path):
+    # GLOBAL torch._utils._rebuild_tensor_v2; BUILD (None, {'__defaults__': ({'neg': True},)}); then {'ema': 0}.
+    # With shared objects this would make every later tensor load in the process return negated values.
+    attack = (b'\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__}X\x03\x00\x00\x00neg'
+              b'\x88s\x85s\x86b0}X\x03\x00\x00\x00emaK\x00s.')
+    assert persistence.load_pickle(io.BytesIO(attack)) == {'ema': 0}
+    net = small_net()
+    loaded = persistence.load_pickle(io.BytesIO(pickle.dumps(dict(ema=net))))['ema']
+    assert torch.equal(outputs(net), outputs(loaded))
+    buf = io.BytesIO()
+    torch.save({'w': torch.tensor([1.0, 2.0])}, buf)
+    assert torch.load(io.BytesIO(buf.getvalue()), weights_only=True)['w'].tolist() == [1.0, 2.0]
+    (tmp_path / 'attack.pkl').write_bytes(attack)
+    with pytest.raises(pickle.UnpicklingError, match='not a network checkpoint'):
+        persistence.load_network(str(tmp_path / 'attack.pkl'))
+
+
+def test_protocol_2_pickles_load():
+    net = small_net()
+    loaded = persistence.load_pickle(io.BytesIO(pickle.dumps(dict(ema=net, tags={'a'}), protocol=2)))
+    assert loaded['tags'] == {'a'}
+    assert torch.equal(outputs(net), outputs(loaded['ema']))

@@ -199,34 +199,47 @@ def _numpy_dtype(name, *args):
     return np.dtype(name)
 
 
+def _wrap(func):
+    # A fresh function object per unpickler: pickle's BUILD opcode can set attributes on whatever find_class()
+    # returned, so shared module-level objects must never be handed out.
+    return lambda *args: func(*args)
+
+
+def _latin1_encode(text, encoding='latin1'):
+    # Protocol <= 2 pickles store bytes as `_codecs.encode(text, 'latin1')`.
+    if encoding != 'latin1':
+        raise UnsafePickleError(f'refusing _codecs.encode with encoding {encoding!r}')
+    return text.encode('latin1')
+
+
 def _allowed_globals():
+    """Globals the safe loader accepts, each a fresh object (or an immutable builtin) for one unpickler."""
+    import builtins
     import collections
     import torch._utils as tu
     allowed = {
-        ('torch_utils.persistence', '_reconstruct_persistent_obj'): _PersistentStub,
-        ('collections', 'OrderedDict'): collections.OrderedDict,
-        ('torch._utils', '_rebuild_tensor_v2'): tu._rebuild_tensor_v2,
-        ('torch._utils', '_rebuild_parameter'): tu._rebuild_parameter,
-        ('torch.storage', '_load_from_bytes'): _load_storage_bytes,
-        ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
-        ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
-        ('numpy', 'dtype'): _numpy_dtype,
-        ('builtins', 'set'): set,
-        ('builtins', 'frozenset'): frozenset,
-        ('builtins', 'slice'): slice,
+        ('torch_utils.persistence', '_reconstruct_persistent_obj'): type('_Stub', (_PersistentStub,), {}),
+        ('collections', 'OrderedDict'): collections.OrderedDict,  # Immutable C type.
+        ('torch._utils', '_rebuild_tensor_v2'): _wrap(tu._rebuild_tensor_v2),
+        ('torch._utils', '_rebuild_parameter'): _wrap(tu._rebuild_parameter),
+        ('torch.storage', '_load_from_bytes'): _wrap(_load_storage_bytes),
+        ('numpy.core.multiarray', 'scalar'): _wrap(_numpy_scalar),
+        ('numpy._core.multiarray', 'scalar'): _wrap(_numpy_scalar),
+        ('numpy', 'dtype'): _wrap(_numpy_dtype),
+        ('copyreg', '_reconstructor'): _wrap(_copyreg_reconstructor),
+        ('_codecs', 'encode'): _wrap(_latin1_encode),
         ('torch', 'Size'): torch.Size,
         ('torch', 'device'): torch.device,
         ('dnnlib.util', 'EasyDict'): dict,
     }
+    for name in ('set', 'frozenset', 'slice'):
+        allowed[('builtins', name)] = allowed[('__builtin__', name)] = getattr(builtins, name)  # Immutable.
     if hasattr(tu, '_rebuild_parameter_with_state'):
-        allowed[('torch._utils', '_rebuild_parameter_with_state')] = tu._rebuild_parameter_with_state
+        allowed[('torch._utils', '_rebuild_parameter_with_state')] = _wrap(tu._rebuild_parameter_with_state)
     for name in ('ModuleDict', 'ModuleList', 'Sequential'):
         allowed[('torch.nn.modules.container', name)] = _ContainerStub.factory(name)
-    for name in ('FloatStorage', 'DoubleStorage', 'HalfStorage', 'BFloat16Storage', 'LongStorage', 'IntStorage',
-                 'ShortStorage', 'CharStorage', 'ByteStorage', 'BoolStorage'):
-        allowed[('torch', name)] = getattr(torch, name)
     for name in ('float32', 'float64', 'float16', 'bfloat16', 'int64', 'int32', 'uint8', 'bool'):
-        allowed[('torch', name)] = getattr(torch, name)
+        allowed[('torch', name)] = getattr(torch, name)  # Immutable dtype objects.
     return allowed
 
 
@@ -249,8 +262,6 @@ class _SafeUnpickler(pickle.Unpickler):
         self._allowed = _allowed_globals()
 
     def find_class(self, module, name):
-        if module == 'copyreg' and name == '_reconstructor':
-            return _copyreg_reconstructor
         obj = self._allowed.get((module, name))
         if obj is None:
             raise UnsafePickleError(f'refusing to load global "{module}.{name}" from the pickle; '
@@ -314,7 +325,11 @@ def _rebuild(stub, registry):
                                      f'provide (known: {known}); use --trust-pickle to run the embedded code instead')
     args = _rebuild(stub.state.get('_init_args', ()), registry)
     kwargs = _rebuild(stub.state.get('_init_kwargs', {}), registry)
-    obj = cls(*args, **dict(kwargs))
+    try:
+        obj = cls(*args, **dict(kwargs))
+    except (TypeError, ValueError) as e:
+        raise pickle.UnpicklingError(f'cannot rebuild {stub.class_name} from its stored arguments ({e}); '
+                                     'use --trust-pickle to run the embedded code instead') from None
     if isinstance(obj, torch.nn.Module):
         tensors = _stub_tensors(stub, '', {})
         missing, unexpected = obj.load_state_dict(tensors, strict=False)
@@ -367,6 +382,7 @@ def load_network(path_or_url, trust_pickle=False, cache=True):
         data = load_pickle(f, trust_pickle=trust_pickle)
     if isinstance(data, torch.nn.Module):   # A bare network pickle.
         data = dict(ema=data)
-    if not isinstance(data, dict) or 'ema' not in data:
-        raise pickle.UnpicklingError(f'{path_or_url}: not a network checkpoint (expected a dict with key "ema")')
+    if not isinstance(data, dict) or not isinstance(data.get('ema'), torch.nn.Module):
+        raise pickle.UnpicklingError(f'{path_or_url}: not a network checkpoint (expected a dict whose "ema" is a '
+                                     'network)')
     return data
