@@ -83,10 +83,12 @@ def _to_array(image, where):
     mode = image.mode
     if mode == '1':
         image = image.convert('L')
+    elif mode in ('CMYK', 'RGBX', 'YCbCr'):  # e.g. the CMYK JPEGs in ImageNet's training set.
+        image = image.convert('RGB')
     elif mode in ('P', 'PA'):
         has_alpha = mode == 'PA' or 'transparency' in image.info
         image = image.convert('RGBA' if has_alpha else 'RGB')
-    elif mode not in ('L', 'RGB', 'LA', 'RGBA', 'RGBX', 'CMYK'):
+    elif mode not in ('L', 'RGB', 'LA', 'RGBA'):
         raise DatasetToolError(f'{where}: unsupported pixel format {mode!r} (only 8-bit grayscale or RGB images '
                                'can be converted)')
     array = np.array(image)

@@ -269,6 +269,24 @@ def test_palette_images_become_rgb(tmp_path):
     with zipfile.ZipFile(dest) as z:
         assert z.read(name(0)) == png_bytes(expected)
 
+def test_cmyk_jpeg_becomes_rgb_with_center_crop(tmp_path):
+    # ImageNet's training set holds a few CMYK JPEGs; the published ImageNet command must get past them.
+    src = tmp_path / 'src'
+    src.mkdir()
+    rng = np.random.default_rng(6)
+    PIL.Image.fromarray(rand_img(rng, 24, 32)).save(src / 'a.jpg')
+    PIL.Image.fromarray(rand_img(rng, 24, 32)).convert('CMYK').save(src / 'b.jpg')
+    dest = tmp_path / 'out.zip'
+    result = run([f'--source={src}', f'--dest={dest}', '--resolution=16x16', '--transform=center-crop'])
+    assert result.exit_code == 0, result.output
+    with PIL.Image.open(src / 'b.jpg') as im:
+        rgb = np.array(im.convert('RGB'))
+    crop = rgb[:, 4:28]
+    expected = np.array(PIL.Image.fromarray(crop).resize((16, 16), PIL.Image.LANCZOS))
+    with zipfile.ZipFile(dest) as z:
+        assert z.read(name(1)) == png_bytes(expected)
+
+
 # ----------------------------------------------------------------------------
 # Errors: one line, nothing left behind.
 
