@@ -37,13 +37,14 @@ def choose_sampler(opts):
                  'lower_order_final', 'variant', 'deis_mode', 't_steps', 'dp']
     churn = {k: opts[k] for k in ('S_churn', 'S_min', 'S_max', 'S_noise') if opts.get(k) is not None}
     steps = opts.get('steps')
+    rho = 7 if opts.get('rho') is None else opts['rho']
 
     if ablation_keys:
         if solver not in (None, 'euler', 'heun'):
             raise click.UsageError(f'--solver={solver} cannot be combined with --disc/--schedule/--scaling '
                                    '(EDM\'s ablation sampler takes --solver=euler or heun)')
         _refuse(opts, fast_only, 'EDM\'s ablation sampler (selected by --disc/--schedule/--scaling)')
-        kwargs = dict(solver=solver or 'heun', num_steps=18 if steps is None else steps, rho=opts['rho'], **churn)
+        kwargs = dict(solver=solver or 'heun', num_steps=18 if steps is None else steps, rho=rho, **churn)
         for src, dst in (('disc', 'discretization'), ('schedule', 'schedule'), ('scaling', 'scaling')):
             if opts.get(src) is not None:
                 kwargs[dst] = opts[src]
@@ -52,13 +53,15 @@ def choose_sampler(opts):
 
     if solver in (None, 'edm'):
         _refuse(opts, fast_only, 'EDM\'s sampler (no --solver or --solver=edm); name a fast --solver to use them')
-        kwargs = dict(num_steps=18 if steps is None else steps, rho=opts['rho'], **churn)
+        kwargs = dict(num_steps=18 if steps is None else steps, rho=rho, **churn)
         _copy_sigmas(opts, kwargs)
         return 'edm', kwargs
 
     if steps is not None:
-        raise click.UsageError(f'--steps is EDM\'s step count; --solver={solver} counts timestamps with '
-                               f'--num_steps (e.g. --num_steps={steps})')
+        raise click.UsageError(f'--steps is EDM\'s step count; --solver={solver} takes --num_steps, the number of '
+                               'timestamps without the final zero (or use --solver=edm for EDM\'s sampler)')
+    if opts.get('rho') is not None:
+        raise click.UsageError(f'--rho is EDM\'s time step exponent; --solver={solver} takes --schedule_rho')
     if churn:
         raise click.UsageError(f'{", ".join("--" + k for k in churn)} only apply to EDM\'s sampler; '
                                f'--solver={solver} is deterministic')
@@ -140,7 +143,7 @@ def gits_search(net, network_key, kwargs, opts, device):
     """Run (or reuse from the cache) the GITS dynamic-programming schedule search; returns the noise levels."""
     import hashlib
     import samplers
-    search = dict(network=network_key, num_steps=kwargs['num_steps'], solver_tea=opts['solver_tea'],
+    search = dict(network=_network_fingerprint(network_key), num_steps=kwargs['num_steps'], solver_tea=opts['solver_tea'],
                   num_steps_tea=opts['num_steps_tea'], metric=opts['metric'], coeff=opts['coeff'],
                   num_warmup=opts['num_warmup'], schedule_type=kwargs['schedule_type'],
                   schedule_rho=kwargs['schedule_rho'], sigma_min=opts.get('sigma_min') or 0.002,
@@ -175,6 +178,15 @@ def gits_search(net, network_key, kwargs, opts, device):
             _write_json(cache_path, dict(search=search, t_steps=t_steps))
     t_steps = dist.broadcast_object(t_steps)
     return t_steps, search
+
+
+def _network_fingerprint(network):
+    """Identify a checkpoint for the GITS cache: a local file by path, size and modification time."""
+    path = dnnlib.util.file_url_to_path(network) if network.lower().startswith('file://') else network
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return f'{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}'
+    return network
 
 
 def _write_json(path, obj):
@@ -222,7 +234,7 @@ def check_outdir(outdir):
 @click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT',
               type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--device', help='Device  [default: cuda if available, else cpu]', metavar='STR', default=None)
-@bool_option('--grid', help='Also save all images as one grid PNG (outdir/grid.png)')
+@bool_option('--grid', help='Also save the images as one grid PNG next to the folder (OUTDIR-grid.png)')
 @bool_option('--trust-pickle', 'trust_pickle',
              help='Allow legacy unpickling, which runs code embedded in the checkpoint (trusted files only)')
 # EDM sampler (Algorithm 2) and ablation sampler.
@@ -232,8 +244,8 @@ def check_outdir(outdir):
               type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option('--sigma_max', help='Highest noise level  [default: 80, clipped to the net]', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option('--rho', help='EDM: time step exponent', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True),
-              default=7, show_default=True)
+@click.option('--rho', help='EDM: time step exponent  [default: 7]', metavar='FLOAT',
+              type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option('--S_churn', 'S_churn', help='EDM: stochasticity strength  [default: 0]', metavar='FLOAT',
               type=click.FloatRange(min=0), default=None)
 @click.option('--S_min', 'S_min', help='EDM: stoch. min noise level  [default: 0]', metavar='FLOAT',

@@ -68,7 +68,7 @@ def _vp_sigma_deriv(beta_d, beta_min):
 
 def _vp_sigma_inv(beta_d, beta_min):
     # Inverse of the VP sigma(t) (EDM Table 1).
-    return lambda sigma: ((beta_min ** 2 + 2 * beta_d * (sigma ** 2).log1p()).sqrt() - beta_min) / beta_d
+    return lambda sigma: ((beta_min ** 2 + 2 * beta_d * (sigma ** 2 + 1).log()).sqrt() - beta_min) / beta_d
 
 
 def _ve_sigma(t):

@@ -106,7 +106,13 @@ def generate_images(net, seeds, outdir, sampler_fn, *, max_batch_size=64, class_
     return written
 
 
-def save_grid(outdir, seeds, subdirs=False, name='grid.png', max_images=1024):
+def grid_path(outdir):
+    """Where `--grid` writes: next to the image folder (`out` -> `out-grid.png`), so that FID tools reading the
+    folder see only the samples."""
+    return os.path.abspath(outdir).rstrip(os.sep) + '-grid.png'
+
+
+def save_grid(outdir, seeds, subdirs=False, path=None, max_images=1024):
     """Assemble the PNGs already written for `seeds` into one grid image (run on one rank)."""
     import PIL.Image
     images = []
@@ -114,6 +120,6 @@ def save_grid(outdir, seeds, subdirs=False, name='grid.png', max_images=1024):
         with PIL.Image.open(image_path(outdir, seed, subdirs)) as img:
             array = np.asarray(img)
         images.append(array[:, :, None] if array.ndim == 2 else array)
-    path = os.path.join(outdir, name)
+    path = path or grid_path(outdir)
     save_png(make_grid(np.stack(images)), path)
     return path
