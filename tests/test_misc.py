@@ -51,3 +51,10 @@ def test_copy_params_and_buffers():
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     with pytest.raises(ValueError, match='shape'):
         misc.copy_params_and_buffers(torch.nn.Linear(4, 2), b)
+
+
+def test_constant_matches_edm_semantics():
+    c = misc.constant([1, 2], shape=[3, 2])
+    assert c.dtype == torch.get_default_dtype() and c.shape == (3, 2) and c.is_contiguous()
+    assert c.tolist() == [[1.0, 2.0]] * 3
+    assert misc.constant(0.5, dtype=torch.float64).dtype == torch.float64

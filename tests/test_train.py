@@ -148,6 +148,22 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
         torch.testing.assert_close(a['exp_avg_sq'], b['exp_avg_sq'], rtol=1e-6, atol=1e-12)
 
 
+def test_resumed_fine_tune_keeps_its_ema_schedule(data, tmp_path):
+    # A fine-tune has no EMA ramp-up; the resumed run (which cannot repeat --transfer) must continue without one.
+    assert run_train(f'--outdir={tmp_path / "src"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1)).exit_code == 0
+    source = os.path.join(only_run_dir(tmp_path / 'src'), 'network-snapshot-000000.pkl')
+    common = [f'--data={data["cond"]}', '--cond=1', *TINY, '--ema=0.001', '--tick=1', '--snap=1', '--dump=1']
+    assert run_train(f'--outdir={tmp_path / "full"}', *common, steps(4), f'--transfer={source}').exit_code == 0
+    assert run_train(f'--outdir={tmp_path / "part"}', *common, steps(2), f'--transfer={source}').exit_code == 0
+    state_file = os.path.join(only_run_dir(tmp_path / 'part'), 'training-state-000000.pt')
+    res = run_train(f'--outdir={tmp_path / "part"}', *common, steps(4), f'--resume={state_file}')
+    assert res.exit_code == 0, res.output
+    resumed_dir = os.path.join(tmp_path / 'part', sorted(os.listdir(tmp_path / 'part'))[-1])
+    full, resumed = load_state(only_run_dir(tmp_path / 'full')), load_state(resumed_dir)
+    for name, tensor in full['ema'].items():
+        torch.testing.assert_close(resumed['ema'][name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+
+
 def test_pretrain_alias_and_named_run_dir(data, tmp_path):
     assert run_train(f'--outdir={tmp_path / "a"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(2)).exit_code == 0
     source = os.path.join(only_run_dir(tmp_path / 'a'), 'network-snapshot-000000.pkl')
@@ -218,6 +234,9 @@ def test_incompatible_resume_and_transfer_are_refused(data, tmp_path):
     res = run_train(f'--outdir={tmp_path / "b"}', f'--data={data["uncond"]}', *TINY,
                     f'--transfer={os.path.join(run_dir, "network-snapshot-000000.pkl")}')
     assert res.exit_code != 0 and 'the network has label_dim=4, but the dataset needs 0' in res.output
+    res = run_train(f'--outdir={tmp_path / "b"}', f'--data={data["cond"]}', '--cond=1', *TINY, '--cbase=16',
+                    f'--pretrain={os.path.join(run_dir, "network-snapshot-000000.pkl")}')
+    assert res.exit_code != 0 and 'has shape [8, 4] in the checkpoint but [16, 4]' in res.output, res.output
     with open(tmp_path / 'training-state-000001.pt', 'wb') as f:
         f.write(b'not a state')
     res = run_train(f'--outdir={tmp_path / "b"}', f'--data={data["cond"]}', '--cond=1', *TINY,

@@ -97,10 +97,11 @@ def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
 
-def constant(value, shape=None, dtype=None, device=None):
-    """A tensor filled from `value` (compatibility with EDM-era code that imports misc.constant)."""
+def constant(value, shape=None, dtype=None, device=None, memory_format=None):
+    """A constant tensor (EDM-era code imports `misc.constant`): dtype defaults to torch's default dtype."""
     value = np.asarray(value)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
     if shape is not None:
-        tensor = tensor.broadcast_to(shape).contiguous()
-    return tensor
+        tensor, _ = torch.broadcast_tensors(tensor, torch.empty(shape))
+    return tensor.contiguous(memory_format=memory_format or torch.contiguous_format)

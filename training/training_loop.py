@@ -167,6 +167,15 @@ def load_transfer(path, c):
         have = getattr(net, attr, None)
         if have is not None and have != want:
             raise ConfigError(f'--transfer={path}: the network has {attr}={have}, but the dataset needs {want}')
+    # Same-named tensors must have the same shapes (checked on the meta device: no memory, no time).
+    with torch.device('meta'):
+        target = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=info.resolution,
+                                                img_channels=info.channels, label_dim=info.label_dim)
+    source = net.state_dict()
+    for name, tensor in target.state_dict().items():
+        if name in source and source[name].shape != tensor.shape:
+            raise ConfigError(f'--transfer={path}: "{name}" has shape {list(source[name].shape)} in the checkpoint '
+                              f'but {list(tensor.shape)} with these options (check --arch/--cbase/--cres)')
     return net
 
 
@@ -261,6 +270,12 @@ def training_loop(
     device = torch.device(device)
     if resume_state is not None:
         seed = int(resume_state['seed'])     # The data order and noise streams continue those of the saved run.
+        schedule = resume_state['options'].get('schedule') or {}
+        if 'ema_rampup_ratio' in schedule:   # Not expressible with --resume (a fine-tune has none): continue it.
+            ema_rampup_ratio = schedule['ema_rampup_ratio']
+        if schedule.get('lr_rampup_kimg', lr_rampup_kimg) != lr_rampup_kimg:
+            dist.print0(f'Note: the saved run ramped the learning rate over {schedule["lr_rampup_kimg"]:g} kimg, '
+                        f'this run uses {lr_rampup_kimg:g} kimg (--lr-rampup).')
     torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -332,7 +347,8 @@ def training_loop(
     dataset_info = dataset_info or dict(resolution=dataset_obj.resolution, channels=dataset_obj.num_channels,
                                         label_dim=dataset_obj.label_dim)
     state_options = _plain(dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs, dataset_kwargs=dataset_kwargs,
-                                dataset_info=dataset_info, batch_size=batch_size))    # Checked by check_resume().
+                                dataset_info=dataset_info, batch_size=batch_size,    # Checked by check_resume().
+                                schedule=dict(ema_rampup_ratio=ema_rampup_ratio, lr_rampup_kimg=lr_rampup_kimg)))
     steps = 0
     done = cur_nimg >= total_nimg
     while not done:
