@@ -103,5 +103,5 @@ def constant(value, shape=None, dtype=None, device=None, memory_format=None):
     dtype = torch.get_default_dtype() if dtype is None else dtype
     tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
     if shape is not None:
-        tensor, _ = torch.broadcast_tensors(tensor, torch.empty(shape))
+        tensor = tensor.broadcast_to(shape)
     return tensor.contiguous(memory_format=memory_format or torch.contiguous_format)
