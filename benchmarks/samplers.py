@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 import samplers  # noqa: E402
 from samplers import analytic  # noqa: E402
+from samplers.analytic import CountingNet  # noqa: E402
 
 NFES = (4, 5, 6, 8, 10, 20)
 
@@ -48,18 +49,6 @@ COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e3
           '#17becf']
 
 # ----------------------------------------------------------------------------
-
-
-class CountingNet:
-    def __init__(self, net):
-        self.net, self.calls = net, 0
-
-    def __getattr__(self, name):
-        return getattr(self.net, name)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.net(*args, **kwargs)
 
 
 def make_problem(seed=0, components=6):

@@ -138,6 +138,20 @@ class IdealDenoiser(GaussianMixture):
 # ----------------------------------------------------------------------------
 
 
+class CountingNet:
+    """Wraps a denoiser and counts its calls (NFE); every other attribute is the wrapped net's."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, 0
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.net(*args, **kwargs)
+
+
 def solve_pf_ode(net, x, sigma_from, sigma_to, rtol=1e-11, atol=1e-12, class_labels=None, method='DOP853',
                  sigma_floor=1e-7):
     """Integrate the PF-ODE from sigma_from to sigma_to with scipy in float64; returns float64 [like x].

@@ -48,13 +48,6 @@ def server(tmp_path_factory):
     httpd.shutdown()
 
 
-def test_help_matches_docs():
-    res = subprocess.run([sys.executable, 'example.py', '--help'], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, COLUMNS='80'))
-    assert res.returncode == 0
-    with open(os.path.join(ROOT, 'docs', 'example-help.txt'), encoding='utf-8') as f:
-        assert res.stdout == f.read(), 'stale: python example.py --help > docs/example-help.txt'
-
 
 @pytest.mark.parametrize('dataset,steps,churn', [('cifar10', 18, None), ('ffhq', 40, None), ('afhqv2', 40, None),
                                                   ('imagenet', 256, (40, 0.05, 50, 1.003))])

@@ -10,19 +10,8 @@ from conftest import fixtures_dir
 
 import samplers
 from samplers import analytic
+from samplers.analytic import CountingNet
 from samplers.gits import gits_cost_matrix, gits_dp, teacher_trajectory
-
-
-class CountingNet:
-    def __init__(self, net):
-        self.net, self.calls = net, 0
-
-    def __getattr__(self, name):
-        return getattr(self.net, name)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.net(*args, **kwargs)
 
 
 @pytest.fixture(scope='module')

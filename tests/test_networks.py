@@ -4,7 +4,6 @@ import ast
 import functools
 import io
 import json
-import os
 import pickle
 
 import numpy as np

@@ -11,25 +11,11 @@ from conftest import fixtures_dir
 
 import samplers
 from samplers import analytic
+from samplers.analytic import CountingNet
 from samplers.solvers import _deis_tab_table, _ipndm_v_coeffs, _rhoab_table
 
 # ----------------------------------------------------------------------------
 # Helpers.
-
-
-class CountingNet:
-    """Wraps a denoiser and counts its calls; forwards the contract attributes."""
-
-    def __init__(self, net):
-        self.net = net
-        self.calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self.net, name)
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.net(*args, **kwargs)
 
 
 def rel_err(a, b):

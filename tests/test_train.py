@@ -88,13 +88,6 @@ def only_run_dir(outdir):
 # ----------------------------------------------------------------------------
 
 
-def test_help_matches_docs():
-    res = subprocess.run([sys.executable, 'train.py', '--help'], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, COLUMNS='80'))
-    assert res.returncode == 0
-    with open(os.path.join(ROOT, 'docs', 'train-help.txt'), encoding='utf-8') as f:
-        assert res.stdout == f.read(), 'docs/train-help.txt is stale: python train.py --help > docs/train-help.txt'
-
 
 def test_short_run_learns_and_writes_the_official_files(data, tmp_path):
     res = run_train(f'--outdir={tmp_path}', f'--data={data["cond"]}', '--cond=1', *TINY, '--lr=5e-3', steps(40),
