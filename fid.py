@@ -21,7 +21,6 @@ Importable API: :func:`calculate_inception_stats`, :func:`calculate_fid_from_inc
 """
 
 import io
-import os
 import pickle
 import warnings
 
@@ -273,17 +272,8 @@ def load_reference_stats(path_or_url):
 
 def save_reference_stats(path, mu, sigma):
     """Write ``np.savez(mu=..., sigma=...)`` atomically (temporary name, then rename)."""
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with dnnlib.util.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        np.savez(f, mu=mu, sigma=sigma)
 
 # ----------------------------------------------------------------------------
 # Command line.

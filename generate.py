@@ -190,11 +190,8 @@ def _network_fingerprint(network):
 
 
 def _write_json(path, obj):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
+    with dnnlib.util.atomic_path(path) as tmp, open(tmp, 'w') as f:
         json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 # ----------------------------------------------------------------------------
 

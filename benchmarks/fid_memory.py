@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dataset_tool  # noqa: E402 pylint: disable=wrong-import-position
+from dnnlib.util import atomic_path  # noqa: E402 pylint: disable=wrong-import-position
 
 
 class StandInDetector(torch.nn.Module):
@@ -45,13 +46,11 @@ def make_zip(path, num, res, seed=0):
     if os.path.isfile(path):
         return
     rng = np.random.default_rng(seed)
-    tmp = path + '.tmp'
-    with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as z:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as z:
         for i in range(num):
             img = rng.integers(0, 256, size=(res, res, 3), dtype=np.uint8)
             z.writestr(dataset_tool.archive_name(i), dataset_tool.encode_png(img))
         z.writestr('dataset.json', '{"labels": null}')
-    os.replace(tmp, path)
 
 
 def measure(cmd, interval=0.02):

@@ -23,6 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import dnnlib  # noqa: E402 pylint: disable=wrong-import-position
 from torch_utils import misc  # noqa: E402 pylint: disable=wrong-import-position
 from training import config, training_loop  # noqa: E402 pylint: disable=wrong-import-position
 from training.demo_data import write_dataset  # noqa: E402 pylint: disable=wrong-import-position
@@ -79,10 +80,8 @@ def main(batch, steps, threads, out):
         f'{load:.1f} (the machine was shared with other jobs, so treat the number as a lower bound).',
         '',
     ]
-    tmp = f'{out}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with dnnlib.util.atomic_path(out) as tmp, open(tmp, 'w', encoding='utf-8') as f:
         f.write('\n'.join(lines))
-    os.replace(tmp, out)
     print('\n'.join(lines))
 
 

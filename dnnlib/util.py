@@ -1,5 +1,6 @@
 """EasyDict, construction of objects by dotted name, and `open_url` with an on-disk download cache."""
 
+import contextlib
 import glob
 import hashlib
 import importlib
@@ -9,6 +10,7 @@ import re
 import tempfile
 import time
 import urllib.parse
+import uuid
 
 # ----------------------------------------------------------------------------
 
@@ -27,6 +29,27 @@ class EasyDict(dict):
 
     def __delattr__(self, name):
         del self[name]
+
+# ----------------------------------------------------------------------------
+# Files.
+
+
+@contextlib.contextmanager
+def atomic_path(path, makedirs=True):
+    """Yield a temporary file name next to `path`; rename it to `path` if the block succeeds, else remove it.
+
+    Readers never see a half-written file, and a failed or interrupted write leaves nothing behind.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if makedirs:
+        os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 # ----------------------------------------------------------------------------
 # Construction by name.
@@ -147,7 +170,6 @@ def open_url(url, cache_dir=None, num_attempts=5, verbose=True, return_filename=
     url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
     if cache:
         hits = glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + '_*'))
-        hits = [h for h in hits if '.tmp-' not in h]
         if len(hits) == 1:
             return hits[0] if return_filename else open(hits[0], 'rb')
     elif return_filename:
@@ -155,12 +177,9 @@ def open_url(url, cache_dir=None, num_attempts=5, verbose=True, return_filename=
 
     data, headers = _download(url, num_attempts=num_attempts, verbose=verbose, timeout=timeout)
     if cache:
-        os.makedirs(cache_dir, exist_ok=True)
         path = os.path.join(cache_dir, _cache_file_name(url, headers))
-        tmp = f'{path}.tmp-{os.getpid()}'
-        with open(tmp, 'wb') as f:
+        with atomic_path(path) as tmp, open(tmp, 'wb') as f:
             f.write(data)
-        os.replace(tmp, path)
         if return_filename:
             return path
     return io.BytesIO(data)

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import torch
 
+from dnnlib.util import atomic_path
 from torch_utils import distributed as dist
 from torch_utils.misc import StackedRandomGenerator
 
@@ -28,16 +29,8 @@ def save_png(image, path):
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.tmp-{os.getpid()}')
-    try:
+    with atomic_path(path) as tmp:
         PIL.Image.fromarray(image, 'L' if image.ndim == 2 else 'RGB').save(tmp, format='PNG')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def image_path(outdir, seed, subdirs=False):

@@ -95,3 +95,18 @@ def test_open_url_errors_are_one_line(http_server, tmp_path, monkeypatch):
         util.open_url(f'http://127.0.0.1:{port}/net.pkl', num_attempts=2, verbose=False)
     assert '\n' not in str(e.value)
     assert not os.path.exists(tmp_path / 'cache' / 'downloads') or not os.listdir(tmp_path / 'cache' / 'downloads')
+
+
+def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
+    target = tmp_path / 'sub' / 'out.bin'
+    with util.atomic_path(str(target)) as tmp:
+        assert not target.exists()
+        with open(tmp, 'wb') as f:
+            f.write(b'data')
+    assert target.read_bytes() == b'data'
+    with pytest.raises(RuntimeError):
+        with util.atomic_path(str(target)) as tmp:
+            with open(tmp, 'wb') as f:
+                f.write(b'half')
+            raise RuntimeError('interrupted')
+    assert target.read_bytes() == b'data' and os.listdir(tmp_path / 'sub') == ['out.bin']

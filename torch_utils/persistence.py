@@ -13,7 +13,6 @@ Full legacy unpickling (which executes the embedded source) happens only with ``
 
 import copy
 import io
-import os
 import pickle
 import sys
 import types
@@ -154,14 +153,9 @@ class _EasyDictLike(dict):
 
 def save_pickle(obj, path):
     """Pickle `obj` to `path` atomically (temporary name, then rename)."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            pickle.dump(obj, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from dnnlib.util import atomic_path
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        pickle.dump(obj, f)
 
 # ----------------------------------------------------------------------------
 # Reading side: safe loader.

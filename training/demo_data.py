@@ -9,7 +9,6 @@ scikit-learn is needed only to rebuild the dataset:
 """
 
 import json
-import os
 import zipfile
 
 import click
@@ -25,20 +24,14 @@ def write_dataset(images, dest, labels=None):
     The zip is written under a temporary name and renamed when complete.
     """
     from dataset_tool import archive_name, encode_png
+    from dnnlib.util import atomic_path
     images = np.asarray(images, dtype=np.uint8)
     names = [archive_name(i) for i in range(len(images))]
     meta = dict(labels=None if labels is None else [[name, int(label)] for name, label in zip(names, labels)])
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    tmp = f'{dest}.tmp-{os.getpid()}'
-    try:
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as z:
-            for name, image in zip(names, images):
-                z.writestr(name, encode_png(image))
-            z.writestr('dataset.json', json.dumps(meta))
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as z:
+        for name, image in zip(names, images):
+            z.writestr(name, encode_png(image))
+        z.writestr('dataset.json', json.dumps(meta))
     return dest
 
 

@@ -181,13 +181,8 @@ def load_transfer(path, c):
 
 def save_atomic(save_fn, path):
     """Call `save_fn(tmp)` with a temporary name next to `path`, then rename it to `path`."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
+    with dnnlib.util.atomic_path(path) as tmp:
         save_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 # ----------------------------------------------------------------------------
 # Logging.
