@@ -22,3 +22,14 @@ def fixtures_dir(*parts):
 @pytest.fixture
 def fixtures():
     return fixtures_dir
+
+
+def error_line(result):
+    """The single 'Error: ...' line of a failed click run (CliRunner result): no traceback, exactly one line."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), f'uncaught exception: {result.exception!r}'
+    text = result.stderr if hasattr(result, 'stderr') else result.output
+    lines = [line for line in text.replace('\r', '\n').splitlines() if line.startswith('Error')]
+    assert len(lines) == 1, text
+    assert 'Traceback' not in text
+    return lines[0]

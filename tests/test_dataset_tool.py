@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from conftest import error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,35 +54,33 @@ def make_cifar(dirpath, per_batch=3, seed=0):
     """A CIFAR-10 python tarball in the official format (5 pickled batches of uint8 rows), but tiny."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
-    path = os.path.join(dirpath, 'cifar-10-python.tar.gz')
+    batches = []
+    for b in range(1, 6):
+        x = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        batches.append({'batch_label': f'training batch {b} of 5', 'labels': y, 'data': x,
+                        'filenames': [f'f{b}_{i}.png' for i in range(per_batch)]})
+        images.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels += y
+    path = write_cifar_tarball(os.path.join(dirpath, 'cifar-10-python.tar.gz'), batches)
+    return path, np.concatenate(images), labels
+
+
+def write_cifar_tarball(path, batches):
+    """Pickle five batch dicts as data_batch_1..5 into a CIFAR-10 python tarball."""
     with tarfile.open(path, 'w:gz') as tar:
-        for b in range(1, 6):
-            x = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
-            y = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-            data = pickle.dumps({'batch_label': f'training batch {b} of 5', 'labels': y, 'data': x,
-                                 'filenames': [f'f{b}_{i}.png' for i in range(per_batch)]}, protocol=2)
+        for b, batch in enumerate(batches, start=1):
+            data = pickle.dumps(batch, protocol=2)
             info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-            images.append(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels += y
-    return path, np.concatenate(images), labels
+    return path
 
 
 def run(args):
     result = CliRunner().invoke(dataset_tool.main, args, catch_exceptions=True)
     return result
 
-
-def error_line(result):
-    """The single 'Error: ...' line of a failed run (no traceback)."""
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), f'uncaught exception: {result.exception!r}'
-    text = result.stderr if hasattr(result, 'stderr') else result.output
-    lines = [line for line in text.replace('\r', '\n').splitlines() if line.startswith('Error')]
-    assert len(lines) == 1, text
-    assert 'Traceback' not in text
-    return lines[0]
 
 
 def leftovers(parent):
@@ -112,26 +111,14 @@ def test_cifar10_tarball_to_zip(tmp_path):
 
 
 def test_cifar10_rejects_wrong_format(tmp_path):
-    path = tmp_path / 'cifar-10-python.tar.gz'
-    with tarfile.open(path, 'w:gz') as tar:
-        for b in range(1, 6):
-            data = pickle.dumps({'labels': [0], 'data': np.zeros((1, 100), np.uint8)})
-            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [{'labels': [0], 'data': np.zeros((1, 100), np.uint8)}] * 5)
     line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
     assert '3072' in line
     assert not (tmp_path / 'o.zip').exists()
 
 
 def test_cifar10_refuses_foreign_pickle_objects(tmp_path):
-    path = tmp_path / 'cifar-10-python.tar.gz'
-    with tarfile.open(path, 'w:gz') as tar:
-        for b in range(1, 6):
-            data = pickle.dumps({'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'x': os.path.join})
-            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [{'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'x': os.path.join}] * 5)
     line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
     assert 'unexpected object' in line
     assert not (tmp_path / 'o.zip').exists()

@@ -21,6 +21,7 @@ if ROOT not in sys.path:
 
 import dataset_tool  # noqa: E402 pylint: disable=wrong-import-position
 import fid  # noqa: E402 pylint: disable=wrong-import-position
+from conftest import error_line  # noqa: E402 pylint: disable=wrong-import-position
 DIM = 32
 NUM = 41
 
@@ -49,15 +50,6 @@ def run_cli(args):
     result = CliRunner().invoke(fid.main, args, catch_exceptions=True)
     return result
 
-
-def error_line(result):
-    assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), f'uncaught exception: {result.exception!r}'
-    text = result.stderr if hasattr(result, 'stderr') else result.output
-    lines = [line for line in text.splitlines() if line.startswith('Error')]
-    assert len(lines) == 1, text
-    assert 'Traceback' not in text
-    return lines[0]
 
 
 @pytest.fixture(scope='module')
