@@ -125,15 +125,10 @@ def describe_nfe(kind, kwargs):
     if kind == 'ablation':
         return kwargs['num_steps']
     import samplers
-    if hasattr(samplers, 'solver_nfe'):
-        options = {k: v for k, v in kwargs.items() if k not in ('solver', 'num_steps', 't_steps', 'sigma_min',
-                                                                  'sigma_max', 'schedule_type', 'schedule_rho')}
-        num_steps = len(kwargs['t_steps']) if 't_steps' in kwargs else kwargs['num_steps']
-        try:
-            return samplers.solver_nfe(kwargs['solver'], num_steps, **options)
-        except TypeError:
-            return None
-    return None
+    options = {k: v for k, v in kwargs.items() if k not in ('solver', 'num_steps', 't_steps', 'sigma_min', 'sigma_max',
+                                                          'schedule_type', 'schedule_rho')}
+    num_steps = len(kwargs['t_steps']) if 't_steps' in kwargs else kwargs['num_steps']
+    return samplers.solver_nfe(kwargs['solver'], num_steps, **options)
 
 # ----------------------------------------------------------------------------
 # GITS schedule search (cached).
