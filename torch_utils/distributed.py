@@ -66,18 +66,6 @@ def get_world_size():
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
-def is_main():
-    return get_rank() == 0
-
-
-def should_stop():
-    return False
-
-
-def update_progress(cur, total):
-    _ = cur, total
-
-
 def print0(*args, **kwargs):
     """print() on rank 0 only."""
     if get_rank() == 0:
