@@ -1,27 +1,38 @@
-"""How noise becomes data: time schedules, ODE solvers, GITS schedule search and exact test problems.
+"""How noise becomes data: time schedules, the solver registry, GITS schedule search and exact test problems.
 
 Public API (stable):
 
-    samplers.get_schedule(num_steps, sigma_min, sigma_max, schedule_type='polynomial', schedule_rho=7, net=None,
-                          device=None)
     samplers.sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=None, sigma_min=0.002,
                     sigma_max=80, schedule_type='polynomial', schedule_rho=7, afs=False, denoise_to_zero=False,
-                    randn_like=None, return_trajectory=False, **solver_options)
+                    randn_like=None, generator=None, prior=None, callback=None, return_trajectory=False,
+                    model_kwargs=None, **solver_options)
+    samplers.get_schedule(num_steps, sigma_min, sigma_max, schedule_type='polynomial', schedule_rho=7, net=None,
+                          device=None)
     samplers.gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea='ipndm',
                            num_steps_tea=61, metric='dev', coeff=1.15, sigma_min=0.002, sigma_max=80,
                            schedule_type='polynomial', schedule_rho=7, afs=False, max_order=4, **teacher_options)
-    samplers.SOLVERS                      # name -> solver function (without 'edm', which `sample` routes)
+    samplers.SOLVERS                      # name -> SolverSpec (read-only), registration order
+    samplers.register_solver(spec)        # add a solver (see samplers.registry)
     samplers.solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options)
     samplers.solver_defaults(solver)      # accepted options and their defaults
+    samplers.StepRecord                   # what callbacks receive
+    samplers.gaussian_prior               # the default prior hook (see samplers.priors)
 
-`num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning), except for solver='edm'.
-See docs/samplers.md for accuracy numbers and the differences from the GITS toolbox.
+`num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning) for 'ode' solvers, and noise
+levels before the final zero (EDM's meaning) for 'edm' solvers. See docs/samplers.md for accuracy numbers and
+the differences from the GITS toolbox.
 """
 
-from .schedules import SCHEDULE_TYPES, get_schedule
-from .solvers import SOLVERS, SOLVER_DEFAULTS, solver_defaults, solver_nfe
+from .registry import (SOLVERS, SolverSpec, check_solver_options, get_solver, option_names, register_solver,
+                       solver_defaults, solver_names, solver_nfe, unregister_solver)
+from .schedules import SCHEDULE_TYPES, edm_schedule, get_schedule
+from .stepping import Step, StepRecord
+from .priors import gaussian_prior
 from .sampling import sample
+from . import edm, solvers  # registration order: 'edm', then the 'ode' solvers
 from .gits import gits_schedule, gits_cost_matrix, gits_dp, teacher_trajectory
 
-__all__ = ['SCHEDULE_TYPES', 'get_schedule', 'SOLVERS', 'SOLVER_DEFAULTS', 'solver_defaults', 'solver_nfe',
-           'sample', 'gits_schedule', 'gits_cost_matrix', 'gits_dp', 'teacher_trajectory']
+__all__ = ['SCHEDULE_TYPES', 'get_schedule', 'edm_schedule', 'SOLVERS', 'SolverSpec', 'register_solver',
+           'unregister_solver', 'get_solver', 'solver_names', 'option_names', 'solver_defaults',
+           'check_solver_options', 'solver_nfe', 'Step', 'StepRecord', 'gaussian_prior', 'sample', 'gits_schedule',
+           'gits_cost_matrix', 'gits_dp', 'teacher_trajectory']

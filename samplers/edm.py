@@ -7,34 +7,26 @@ Both keep the state in float64, as the reference does, so that the same seeds gi
 import numpy as np
 import torch
 
+from .priors import resolve_prior
+from .registry import SolverSpec, register_solver
+from .sampling import sample
+from .schedules import edm_schedule
+from .stepping import StepRecord
+
 # ----------------------------------------------------------------------------
 
 
-def edm_schedule(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7, device=None):
-    """Noise levels t_0 > ... > t_{N-1} followed by t_N = 0, in float64 (EDM eq. 5), rounded by the net."""
-    sigma_min = max(sigma_min, net.sigma_min)
-    sigma_max = min(sigma_max, net.sigma_max)
-    step_indices = torch.arange(num_steps, dtype=torch.float64, device=device)
-    # EDM eq. 5: t_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho.
-    t_steps = (sigma_max ** (1 / rho) + step_indices / (num_steps - 1)
-               * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([torch.as_tensor(net.round_sigma(t_steps), dtype=torch.float64),
-                      torch.zeros_like(t_steps[:1])])
+def edm_steps(net, x, t_steps, class_labels=None, *, randn_like, callback=None, model_kwargs=None, S_churn=0,
+              S_min=0, S_max=float('inf'), S_noise=1):
+    """EDM Algorithm 2 from state `x` at t_steps[0] over an EDM schedule ending in 0 (the registered 'edm' solver).
 
-
-def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
-                sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, return_trajectory=False,
-                **model_kwargs):
-    """EDM Algorithm 2: deterministic Heun steps with optional stochastic churn.
-
-    NFE = 2 * num_steps - 1 (the last step, to sigma = 0, is an Euler step). `randn_like` is called once per
-    step, even when the churn is zero, so that per-seed noise streams match the reference.
+    Deterministic Heun steps with optional stochastic churn; NFE = 2 * num_steps - 1 (the last step, to
+    sigma = 0, is an Euler step). `randn_like` is called once per step, even when the churn is zero, so that
+    per-seed noise streams match the reference. The callback's record holds the churned point as (t_cur, x_cur).
     """
-    if num_steps < 2:
-        raise ValueError(f'the EDM sampler needs num_steps >= 2 (got {num_steps})')
-    t_steps = edm_schedule(net, num_steps, sigma_min, sigma_max, rho, device=latents.device)
-    x_next = latents.to(torch.float64) * t_steps[0]
-    trajectory = [x_next]
+    model_kwargs = model_kwargs or {}
+    num_steps = len(t_steps) - 1
+    x_next = x
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
         # EDM Alg. 2 lines 4-6: raise the noise level by gamma (churn), then add matching fresh noise.
@@ -50,8 +42,23 @@ def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, nu
             denoised = net(x_next, t_next, class_labels, **model_kwargs).to(torch.float64)
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
-        trajectory.append(x_next)
-    return (x_next, torch.stack(trajectory)) if return_trajectory else x_next
+        if callback is not None:
+            callback(StepRecord(i, t_hat, t_next, x_hat, x_next, d_cur))
+    return x_next
+
+
+EDM_OPTIONS = dict(S_churn=0, S_min=0, S_max=float('inf'), S_noise=1)
+register_solver(SolverSpec('edm', edm_steps, dict(EDM_OPTIONS), kind='edm', nfe=lambda n, options: 2 * n - 1,
+                           order=2, stochastic=True, teacher=False, doc='EDM Algorithm 2 (Heun with churn)'))
+
+
+def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
+                sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, return_trajectory=False,
+                **model_kwargs):
+    """EDM Algorithm 2 with EDM's own signature: `samplers.sample(solver='edm', ...)`."""
+    return sample(net, latents, class_labels, solver='edm', num_steps=num_steps, sigma_min=sigma_min,
+                  sigma_max=sigma_max, schedule_rho=rho, randn_like=randn_like, return_trajectory=return_trajectory,
+                  model_kwargs=model_kwargs, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
 
 # ----------------------------------------------------------------------------
 
@@ -90,11 +97,12 @@ ABLATION_CHOICES = dict(solver=('euler', 'heun'), discretization=('vp', 've', 'i
 def ablation_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=None,
                      sigma_max=None, rho=7, solver='heun', discretization='edm', schedule='linear', scaling='none',
                      epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1, S_churn=0, S_min=0, S_max=float('inf'),
-                     S_noise=1, return_trajectory=False, **model_kwargs):
+                     S_noise=1, return_trajectory=False, prior=None, generator=None, **model_kwargs):
     """The generalised sampler of EDM Section 3 (Table 1 rows as options), for the paper's ablations.
 
     `solver` euler|heun, `discretization` vp|ve|iddpm|edm (how noise levels are spaced), `schedule`
     vp|ve|linear (sigma(t)), `scaling` vp|none (s(t)). NFE = num_steps for euler, 2 * num_steps - 1 for heun.
+    The start state is the prior at sigma(t_0) (`samplers.priors`) times s(t_0).
     """
     for key, value in dict(solver=solver, discretization=discretization, schedule=schedule, scaling=scaling).items():
         if value not in ABLATION_CHOICES[key]:
@@ -155,7 +163,7 @@ def ablation_sampler(net, latents, class_labels=None, randn_like=torch.randn_lik
 
     # EDM Algorithm 1 generalised with churn (Algorithm 2) and alpha (Appendix D.2).
     t_next = t_steps[0]
-    x_next = latents.to(torch.float64) * (sigma(t_next) * s(t_next))
+    x_next = resolve_prior(net, prior)(latents.to(torch.float64), sigma(t_next), generator) * s(t_next)
     trajectory = [x_next]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next

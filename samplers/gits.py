@@ -18,8 +18,9 @@ and afs for the teacher).
 import numpy as np
 import torch
 
+from .registry import get_solver, solver_names
+from .sampling import sample
 from .schedules import clip_sigma_range, get_schedule
-from .solvers import SOLVERS, check_solver_options
 
 METRICS = ('dev', 'l1', 'l2')
 
@@ -30,24 +31,18 @@ def teacher_trajectory(net, latents, t_steps, class_labels=None, solver='ipndm',
                        **options):
     """Run `solver` on the grid `t_steps`; return (states [M, B, ...], first-stage derivatives [M-1, B, ...]).
 
-    The states start at latents * t_steps[0] (float32 state as in `samplers.sample`).
+    The states start at the prior at t_steps[0] (float32 state as in `samplers.sample`). The teacher must be a
+    registered 'ode' solver marked as a teacher (it reports the derivative of the state it carries).
     """
-    if solver == 'unipc' or solver not in SOLVERS:
-        allowed = ', '.join(s for s in SOLVERS if s != 'unipc')
-        raise ValueError(f'GITS teacher must be one of {allowed} (got {solver!r}); UniPC keeps no per-step '
-                         f'derivative of the state it carries')
-    options = check_solver_options(solver, options)
-    dtype = torch.float64 if latents.dtype == torch.float64 else torch.float32
-    t = t_steps.to(device=latents.device, dtype=dtype)
-    x = latents.to(dtype) * t[0]
-    states, derivs = [x], []
-
-    def record(i, t_cur, t_next, x_cur, x_next, d_cur):
-        states.append(x_next)
-        derivs.append(d_cur)
-
-    SOLVERS[solver](net, x, t, class_labels, afs=afs, callback=record, model_kwargs=model_kwargs, **options)
-    return torch.stack(states), torch.stack(derivs)
+    teachers = solver_names(kind='ode', teacher=True)
+    if solver not in teachers:
+        raise ValueError(f'GITS teacher must be one of {", ".join(teachers)} (got {solver!r}); a teacher must '
+                         f'report the derivative at the state it carries (UniPC does not)')
+    derivs = []
+    _, states = sample(net, latents, class_labels, solver=solver, t_steps=t_steps, afs=afs,
+                       callback=lambda step: derivs.append(step.d_cur), return_trajectory=True,
+                       model_kwargs=model_kwargs, **options)
+    return states, torch.stack(derivs)
 
 
 def _deviation(points, x_first, x_last):
@@ -141,10 +136,9 @@ def gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea=
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)} (got {metric!r})")
     tea_opts = dict(teacher_options)
-    defaults = check_solver_options(solver_tea, {}) if solver_tea in SOLVERS else {}
-    if 'max_order' in defaults:
-        highest = 3 if solver_tea in ('dpmpp', 'unipc') else 4
-        tea_opts['max_order'] = min(int(max_order), highest)
+    tea_spec = get_solver(solver_tea)
+    if tea_spec.max_order is not None:
+        tea_opts['max_order'] = min(int(max_order), tea_spec.max_order)
     lo, hi = clip_sigma_range(net, sigma_min, sigma_max)
     fine = get_schedule(num_steps_tea, lo, hi, schedule_type, schedule_rho, net=net, device=warmup_latents.device)
 
@@ -180,7 +174,6 @@ def gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea=
 
 
 def _sample_on(net, latents, t_steps, class_labels, solver, options, model_kwargs):
-    from .sampling import sample
     return sample(net, latents, class_labels, solver=solver, t_steps=t_steps, afs=True, model_kwargs=model_kwargs,
                   **options)
 

@@ -108,6 +108,21 @@ def get_schedule(num_steps, sigma_min, sigma_max, schedule_type='polynomial', sc
     return t_steps.to(device=device, dtype=dtype)
 
 
+def edm_schedule(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7, device=None):
+    """Noise levels t_0 > ... > t_{N-1} followed by t_N = 0, in float64 (EDM eq. 5), rounded by the net.
+
+    EDM's meaning of num_steps: noise levels before the final zero (not the timestamps of `get_schedule`)."""
+    sigma_min = max(sigma_min, net.sigma_min)
+    sigma_max = min(sigma_max, net.sigma_max)
+    step_indices = torch.arange(num_steps, dtype=torch.float64, device=device)
+    # EDM eq. 5: t_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho.
+    t_steps = (sigma_max ** (1 / rho) + step_indices / (num_steps - 1)
+               * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([torch.as_tensor(net.round_sigma(t_steps), dtype=torch.float64),
+                      torch.zeros_like(t_steps[:1])])
+
+
+
 def as_schedule(t_steps, device=None, dtype=torch.float32):
     """An explicit schedule (list or tensor) as a 1-D decreasing tensor; checks its shape and order."""
     t = torch.as_tensor(t_steps, dtype=dtype, device=device).flatten() if not isinstance(t_steps, torch.Tensor) \

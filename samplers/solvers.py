@@ -1,50 +1,28 @@
-"""Training-free ODE solvers for the probability-flow ODE, one function per solver.
+"""Training-free ODE solvers for the probability-flow ODE: one update rule per solver, registered once.
 
 Every solver integrates dx/dsigma = d(x; sigma) = (x - D(x; sigma)) / sigma (Karras et al. 2022, EDM, eq. 1 with the
-score of eq. 3, sigma(t) = t, s(t) = 1) over a given schedule t_0 > ... > t_{N-1} > 0 and shares one signature:
+score of eq. 3, sigma(t) = t, s(t) = 1) over a schedule t_0 > ... > t_{N-1} > 0. The shared stepping loop
+(`samplers.stepping.integrate`: net calls, AFS, history, callbacks) hands each rule one `Step` `s` with the
+first-stage derivative `s.d` at (x_i, t_i); the rule returns x_{i+1}:
 
-    solver(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, **options) -> x
+    rule(s, **options) -> x_next
 
-`x` is the start state x_0 = latents * t_0; the return value is the state at t_{N-1}. `callback(i, t_cur,
-t_next, x_cur, x_next, d_cur)` is called after every step i with the first-stage derivative d_cur used at t_i
-(GITS records teacher trajectories this way). The state stays in the dtype of `x`; `samplers.sample` runs them
-in float32, as the GITS toolbox (zju-pi/diff-sampler) does, so outputs match it to float32 round-off.
+Options are checked and prepared once per run by the spec's `prepare(t_steps, **options)` (e.g. DEIS's
+coefficient table). The state stays in the dtype of `x`; `samplers.sample` runs them in float32, as the GITS
+toolbox (zju-pi/diff-sampler) does, so outputs match it to float32 round-off.
 
-AFS (analytical first step of AMED-Solver, Zhou et al. 2024, as used by the GITS toolbox): on step 0 the
-net call is replaced by d_0 = x_0 / sqrt(1 + t_0^2), which saves one NFE.
-
-NFE below is for N = len(t_steps) timestamps, without AFS (AFS saves one) and without denoise_to_zero (adds one).
+NFE below is for N timestamps, without AFS (saves one) and without denoise_to_zero (adds one); the registry
+entries at the end of this file hold the same counts for `samplers.solver_nfe`.
 """
 
 import numpy as np
 import torch
 
+from .registry import SolverSpec, register_solver
 from .schedules import vp_fit
 
 # ----------------------------------------------------------------------------
 # Shared pieces.
-
-
-def _denoise(net, x, t, class_labels, model_kwargs):
-    """D(x; t) in the state dtype."""
-    return net(x, t, class_labels, **(model_kwargs or {})).to(x.dtype)
-
-
-def _derivative(net, x, t, class_labels, model_kwargs):
-    # Karras et al. 2022, eq. 1 and 3 (sigma(t) = t, s(t) = 1): dx/dt = (x - D(x; t)) / t.
-    return (x - _denoise(net, x, t, class_labels, model_kwargs)) / t
-
-
-def _afs_derivative(x, t):
-    # Analytical first step (Zhou et al. 2024, AMED-Solver): at t_0 >> 1, D ~ 0 and x / sqrt(1 + t^2) ~ n.
-    return x / torch.sqrt(1 + t ** 2)
-
-
-def _first_derivative(net, x, t, i, afs, class_labels, model_kwargs):
-    """d at step i: analytic on the AFS step, else one net call."""
-    if afs and i == 0:
-        return _afs_derivative(x, t)
-    return _derivative(net, x, t, class_labels, model_kwargs)
 
 
 def dynamic_threshold(x0, quantile=0.995):
@@ -58,12 +36,10 @@ def dynamic_threshold(x0, quantile=0.995):
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
-def _data_or_noise(net, x, t, i, afs, predict_x0, class_labels, model_kwargs):
-    """Model output of the exponential-integrator solvers: thresholded D in data mode, d in noise mode."""
-    d = _first_derivative(net, x, t, i, afs, class_labels, model_kwargs)
-    if predict_x0:
-        return dynamic_threshold(x - t * d)  # D = x - t d (inverse of d = (x - D) / t)
-    return d
+def _model_output(s, predict_x0):
+    """Output of the exponential-integrator solvers at the first stage: thresholded D in data mode, d in noise
+    mode (D = x - t d, the inverse of d = (x - D) / t)."""
+    return dynamic_threshold(s.x_eval - s.t_cur * s.d) if predict_x0 else s.d
 
 
 def _lambda(t):
@@ -76,57 +52,49 @@ def _check_order(name, max_order, highest):
         raise ValueError(f'{name}: max_order must be an integer in 1..{highest} (got {max_order!r})')
     return int(max_order)
 
+
+def _order_check(name, highest):
+    """`prepare` hook that validates max_order."""
+    def prepare(t_steps, max_order, **options):
+        return dict(max_order=_check_order(name, max_order, highest), **options)
+    return prepare
+
 # ----------------------------------------------------------------------------
 # Single-step solvers.
 
 
-def euler(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None):
+def euler(s):
     """Euler (= DDIM, Song et al. 2021). NFE = N - 1."""
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        x_next = x + (t_next - t_cur) * d_cur  # explicit Euler step (Karras et al. 2022, Alg. 1, Euler part)
-        if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        x = x_next
-    return x
+    return s.x + s.h * s.d  # explicit Euler step (Karras et al. 2022, Alg. 1, Euler part)
 
 
-def heun(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None):
+def heun(s):
     """Heun's 2nd-order method (Karras et al. 2022, EDM, Algorithm 1), corrected on every step. NFE = 2 (N - 1).
 
     On the AFS step only the first evaluation is replaced; the corrector still calls the net.
     """
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        x_pred = x + (t_next - t_cur) * d_cur  # Karras et al. 2022, Alg. 1: Euler predictor
-        d_prime = _derivative(net, x_pred, t_next, class_labels, model_kwargs)  # Alg. 1: derivative at the predictor
-        x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)  # Alg. 1: trapezoidal correction
-        if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        x = x_next
-    return x
+    x_pred = s.x + s.h * s.d  # Karras et al. 2022, Alg. 1: Euler predictor
+    d_prime = s.model.derivative(x_pred, s.t_next)  # Alg. 1: derivative at the predictor
+    return s.x + s.h * (0.5 * s.d + 0.5 * d_prime)  # Alg. 1: trapezoidal correction
 
 
-def dpm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, r=0.5):
+def _dpm_prepare(t_steps, r):
+    if not 0 < r <= 1:
+        raise ValueError(f'dpm: r must be in (0, 1] (got {r!r})')
+    return dict(r=r)
+
+
+def dpm(s, r=0.5):
     """DPM-Solver-2 (Lu et al. 2022a) written in sigma, as in the GITS toolbox. NFE = 2 (N - 1).
 
     In VE form a first-order DPM-Solver (DDIM) step is an Euler step in sigma, so both stages are Euler steps.
-
     The intermediate point is t_mid = t_next^r t_cur^(1-r) (r = 1/2: the midpoint in lambda = -ln sigma).
     """
-    if not 0 < r <= 1:
-        raise ValueError(f'dpm: r must be in (0, 1] (got {r!r})')
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        t_mid = (t_next ** r) * (t_cur ** (1 - r))  # Lu et al. 2022a, DPM-Solver-2: lambda_mid = lambda_cur + r h
-        x_mid = x + (t_mid - t_cur) * d_cur
-        d_mid = _derivative(net, x_mid, t_mid, class_labels, model_kwargs)
-        # Lu et al. 2022a, DPM-Solver-2 (general r): weights 1/(2r) on the midpoint, 1 - 1/(2r) on the start.
-        x_next = x + (t_next - t_cur) * ((1 / (2 * r)) * d_mid + (1 - 1 / (2 * r)) * d_cur)
-        if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        x = x_next
-    return x
+    t_mid = (s.t_next ** r) * (s.t_cur ** (1 - r))  # Lu et al. 2022a, DPM-Solver-2: lambda_mid = lambda_cur + r h
+    x_mid = s.x + (t_mid - s.t_cur) * s.d
+    d_mid = s.model.derivative(x_mid, t_mid)
+    # Lu et al. 2022a, DPM-Solver-2 (general r): weights 1/(2r) on the midpoint, 1 - 1/(2r) on the start.
+    return s.x + s.h * ((1 / (2 * r)) * d_mid + (1 - 1 / (2 * r)) * s.d)
 
 # ----------------------------------------------------------------------------
 # Linear multistep solvers on the derivative d (Adams-Bashforth family).
@@ -137,28 +105,23 @@ def dpm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_k
 _AB_COEFFS = {1: ((1,), 1), 2: ((3, -1), 2), 3: ((23, -16, 5), 12), 4: ((55, -59, 37, -9), 24)}
 
 
-def ipndm(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4):
+def _combine(coeffs, s):
+    """sum_k c_k d_{i-k}: coefficients newest first over the current and the past derivatives."""
+    total = coeffs[0] * s.d
+    for c, past in zip(coeffs[1:], s.history):
+        total = total + c * past.keep
+    return total
+
+
+def ipndm(s, max_order=4):
     """Improved PNDM (iPNDM of Zhang & Chen 2023, DEIS): equal-step Adams-Bashforth weights on dsigma.
 
     Order min(max_order, i + 1) at step i (warm-up 1, 2, 3, 4, 4, ...); the weights ignore the uneven sigma
     spacing, which makes the method second order on a non-uniform grid. max_order 1..4 (1 is Euler; the GITS
     toolbox crashed there, as for ipndm_v and deis). NFE = N - 1.
     """
-    max_order = _check_order('ipndm', max_order, 4)
-    history = []  # previous derivatives, newest first
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        order = min(max_order, i + 1)
-        numerators, denominator = _AB_COEFFS[order]
-        slope = numerators[0] * d_cur
-        for c, d_old in zip(numerators[1:], history):
-            slope = slope + c * d_old
-        x_next = x + (t_next - t_cur) * slope / denominator  # iPNDM (DEIS paper): x += dsigma * AB combination of d
-        if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        history = [d_cur] + history[:max_order - 2] if max_order > 1 else []
-        x = x_next
-    return x
+    numerators, denominator = _AB_COEFFS[min(max_order, s.i + 1)]
+    return s.x + s.h * _combine(numerators, s) / denominator  # iPNDM (DEIS paper): x += dsigma * AB combination
 
 
 def _ipndm_v_coeffs(order, h0, h1=None, h2=None, h3=None):
@@ -189,30 +152,17 @@ def _ipndm_v_coeffs(order, h0, h1=None, h2=None, h3=None):
             -t2 * big_a * h1 / h2)
 
 
-def ipndm_v(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4):
+def ipndm_v(s, max_order=4):
     """Variable-step iPNDM (Zhang & Chen 2023; GITS toolbox `ipndm_v`). NFE = N - 1.
 
     Order min(max_order, i + 1) with the toolbox's step-size-dependent weights (see `_ipndm_v_coeffs`: order 2
     is variable-step AB2; orders 3 and 4 are kept as published, including the non-AB4 order-4 weights, which
     can be unstable on very uneven schedules). max_order 1..4 (1 is Euler).
     """
-    max_order = _check_order('ipndm_v', max_order, 4)
-    t = t_steps
-    history = []
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        order = min(max_order, i + 1)
-        hs = [t_next - t_cur] + [t[i - k] - t[i - k - 1] for k in range(order - 1)]
-        coeffs = _ipndm_v_coeffs(order, *hs)
-        slope = coeffs[0] * d_cur
-        for c, d_old in zip(coeffs[1:], history):
-            slope = slope + c * d_old
-        x_next = x + (t_next - t_cur) * slope
-        if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        history = [d_cur] + history[:max_order - 2] if max_order > 1 else []
-        x = x_next
-    return x
+    t, i = s.t_steps, s.i
+    order = min(max_order, i + 1)
+    hs = [s.h] + [t[i - k] - t[i - k - 1] for k in range(order - 1)]
+    return s.x + s.h * _combine(_ipndm_v_coeffs(order, *hs), s)
 
 
 # DEIS-tAB: VP map hard-coded to (sigma_min, sigma_max) = (0.002, 80) whatever the model (as the toolbox does).
@@ -284,32 +234,28 @@ def _rhoab_table(t_steps, max_order):
 DEIS_MODES = ('tab', 'rhoab')
 
 
-def deis(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=4,
-         deis_mode='tab'):
+def _deis_prepare(t_steps, max_order, deis_mode):
+    max_order = _check_order('deis', max_order, 4)
+    if deis_mode not in DEIS_MODES:
+        raise ValueError(f"deis: deis_mode must be one of {', '.join(DEIS_MODES)} (got {deis_mode!r})")
+    table = (_deis_tab_table if deis_mode == 'tab' else _rhoab_table)(t_steps, max_order)
+    return dict(table=table)
+
+
+def deis(s, table):
     """DEIS (Zhang & Chen 2023): x_{i+1} = x_i + sum_k C_{i,k} d_{i-k}, order min(max_order, i + 1). NFE = N - 1.
 
     deis_mode='tab': polynomial extrapolation of d in VP time tau (DEIS-tAB, as in the toolbox).
     deis_mode='rhoab': polynomial extrapolation in rho = sigma, i.e. variable-step Adams-Bashforth (DEIS-rhoAB).
       The GITS toolbox's 'rhoab' used one node too many (crashing for max_order 2, 3 and freezing the
       coefficients from step 4 on for max_order 4); this implementation follows the paper.
-    max_order 1..4.
+    max_order 1..4. The coefficient table C is computed once per run (`_deis_prepare`).
     """
-    max_order = _check_order('deis', max_order, 4)
-    if deis_mode not in DEIS_MODES:
-        raise ValueError(f"deis: deis_mode must be one of {', '.join(DEIS_MODES)} (got {deis_mode!r})")
-    table = (_deis_tab_table if deis_mode == 'tab' else _rhoab_table)(t_steps, max_order)
-    history = []
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        d_cur = _first_derivative(net, x, t_cur, i, afs, class_labels, model_kwargs)
-        coeffs = table[i]
-        x_next = x + coeffs[0] * d_cur  # DEIS multistep update in sigma: x += sum_k C_ik d_(i-k)
-        for c, d_old in zip(coeffs[1:], history):
-            x_next = x_next + c * d_old
-        if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        history = [d_cur] + history[:max_order - 2] if max_order > 1 else []
-        x = x_next
-    return x
+    coeffs = table[s.i]
+    x_next = s.x + coeffs[0] * s.d  # DEIS multistep update in sigma: x += sum_k C_ik d_(i-k)
+    for c, past in zip(coeffs[1:], s.history):
+        x_next = x_next + c * past.keep
+    return x_next
 
 # ----------------------------------------------------------------------------
 # Exponential-integrator multistep solvers (VE form, alpha = 1).
@@ -322,53 +268,47 @@ def _dpmpp_order(i, n_steps, max_order, lower_order_final):
     return min(max_order, n_steps - i) if lower_order_final else max_order
 
 
-def dpmpp(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=3,
-          predict_x0=True, lower_order_final=True):
+def dpmpp(s, max_order=3, predict_x0=True, lower_order_final=True):
     """Multistep DPM-Solver++ (Lu et al. 2022b: 2M, and 3M as in the authors' code), VE form. NFE = N - 1.
 
     predict_x0=True: data prediction (DPM-Solver++) with 0.995-quantile dynamic thresholding, kept from the
     toolbox; predict_x0=False: noise prediction (multistep DPM-Solver). Order min(max_order, i + 1) during
     warm-up; with lower_order_final the last steps use min(max_order, steps left). max_order 1..3.
     """
-    max_order = _check_order('dpmpp', max_order, 3)
-    n_steps = len(t_steps) - 1
-    ms, ts = [], []  # model outputs and their times, newest last (at most 3)
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        m = _data_or_noise(net, x, t_cur, i, afs, predict_x0, class_labels, model_kwargs)
-        ms, ts = (ms + [m])[-3:], (ts + [t_cur])[-3:]
-        order = _dpmpp_order(i, n_steps, max_order, lower_order_final)
-        h = _lambda(t_next) - _lambda(t_cur)
-        if predict_x0:
-            phi_1 = torch.exp(-h) - 1
-            x_next = (t_next / t_cur) * x - phi_1 * m  # Lu et al. 2022b, DPM-Solver++(1) = DDIM, data prediction
+    x, t_cur, t_next = s.x, s.t_cur, s.t_next
+    m = s.keep = _model_output(s, predict_x0)
+    s.d_report = (x - m) / t_cur if predict_x0 else m
+    ms = [p.keep for p in reversed(s.history[:2])] + [m]  # model outputs, newest last
+    ts = [p.t_cur for p in reversed(s.history[:2])] + [t_cur]
+    order = _dpmpp_order(s.i, s.num, max_order, lower_order_final)
+    h = _lambda(t_next) - _lambda(t_cur)
+    if predict_x0:
+        phi_1 = torch.exp(-h) - 1
+        x_next = (t_next / t_cur) * x - phi_1 * m  # Lu et al. 2022b, DPM-Solver++(1) = DDIM, data prediction
+    else:
+        phi_1 = torch.exp(h) - 1
+        x_next = x - t_next * phi_1 * m  # Lu et al. 2022a, DPM-Solver-1 = DDIM, noise prediction
+    if order >= 2:
+        r0 = (_lambda(ts[-1]) - _lambda(ts[-2])) / h
+        d1_0 = (ms[-1] - ms[-2]) / r0
+        if order == 2:
+            d1 = d1_0
+            # Lu et al. 2022b, DPM-Solver++(2M): x_t = (t/s) x - phi_1 m - phi_1 D1 / 2.
+            x_next = x_next - 0.5 * phi_1 * d1 if predict_x0 else x_next - 0.5 * t_next * phi_1 * d1
         else:
-            phi_1 = torch.exp(h) - 1
-            x_next = x - t_next * phi_1 * m  # Lu et al. 2022a, DPM-Solver-1 = DDIM, noise prediction
-        if order >= 2:
-            r0 = (_lambda(ts[-1]) - _lambda(ts[-2])) / h
-            d1_0 = (ms[-1] - ms[-2]) / r0
-            if order == 2:
-                d1 = d1_0
-                # Lu et al. 2022b, DPM-Solver++(2M): x_t = (t/s) x - phi_1 m - phi_1 D1 / 2.
-                x_next = x_next - 0.5 * phi_1 * d1 if predict_x0 else x_next - 0.5 * t_next * phi_1 * d1
+            r1 = (_lambda(ts[-2]) - _lambda(ts[-3])) / h
+            d1_1 = (ms[-2] - ms[-3]) / r1
+            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # DPM-Solver++(3M): D1, D2 from three outputs
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            if predict_x0:
+                phi_2 = phi_1 / h + 1
+                phi_3 = phi_2 / h - 0.5
+                x_next = x_next + phi_2 * d1 - phi_3 * d2  # DPM-Solver++(3M) update (data prediction)
             else:
-                r1 = (_lambda(ts[-2]) - _lambda(ts[-3])) / h
-                d1_1 = (ms[-2] - ms[-3]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # DPM-Solver++(3M): D1, D2 from three outputs
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                if predict_x0:
-                    phi_2 = phi_1 / h + 1
-                    phi_3 = phi_2 / h - 0.5
-                    x_next = x_next + phi_2 * d1 - phi_3 * d2  # DPM-Solver++(3M) update (data prediction)
-                else:
-                    phi_2 = phi_1 / h - 1
-                    phi_3 = phi_2 / h - 0.5
-                    x_next = x_next - t_next * (phi_2 * d1 + phi_3 * d2)  # 3M update, noise prediction
-        if callback is not None:
-            d_cur = (x - m) / t_cur if predict_x0 else m
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        x = x_next
-    return x
+                phi_2 = phi_1 / h - 1
+                phi_3 = phi_2 / h - 0.5
+                x_next = x_next - t_next * (phi_2 * d1 + phi_3 * d2)  # 3M update, noise prediction
+    return x_next
 
 
 UNIPC_VARIANTS = ('bh1', 'bh2')
@@ -430,96 +370,66 @@ def _unipc_update(x, t, ms, ts, order, predict_x0, variant, corrector):
     return x_pred, correct
 
 
-def unipc(net, x, t_steps, class_labels=None, *, afs=False, callback=None, model_kwargs=None, max_order=3,
-          predict_x0=True, lower_order_final=True, variant='bh2'):
+def _unipc_prepare(t_steps, max_order, variant, **options):
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"unipc: variant must be one of {', '.join(UNIPC_VARIANTS)} (got {variant!r})")
+    return dict(max_order=_check_order('unipc', max_order, 3), variant=variant, **options)
+
+
+def unipc(s, max_order=3, predict_x0=True, lower_order_final=True, variant='bh2'):
     """UniPC (Zhao et al. 2023): UniP-p predictor + UniC corrector, B(h) variant 'bh1' or 'bh2'. max_order 1..3.
 
     NFE = N - 1: one evaluation at t_0 plus one corrector evaluation per step except the last. As in the GITS
     toolbox, a step that is still in warm-up (i + 1 < max_order) runs the corrector even if it is the last step,
     which costs one more evaluation when N - 1 < max_order (the toolbox did not count it; `solver_nfe` does).
+    The corrector's evaluation at the predicted point is reused as the next step's model output.
     Data-prediction mode applies 0.995-quantile dynamic thresholding (kept from the toolbox).
     """
-    max_order = _check_order('unipc', max_order, 3)
-    if variant not in UNIPC_VARIANTS:
-        raise ValueError(f"unipc: variant must be one of {', '.join(UNIPC_VARIANTS)} (got {variant!r})")
-    n_steps = len(t_steps) - 1
-    ms = [_data_or_noise(net, x, t_steps[0], 0, afs, predict_x0, class_labels, model_kwargs)]
-    ts = [t_steps[0]]
-    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
-        warmup = i + 1 < max_order
-        if warmup:
-            order, corrector = i + 1, True
-        else:
-            order = min(max_order, n_steps - i) if lower_order_final else max_order
-            corrector = i < n_steps - 1
-        d_cur = (x - ms[-1]) / t_cur if predict_x0 else ms[-1]
-        x_next, correct = _unipc_update(x, t_next, ms, ts, order, predict_x0, variant, corrector)
-        m_next = None
-        if correct is not None:
-            # The model output at the predicted point is both the corrector input and the next buffer entry.
-            m_next = _data_or_noise(net, x_next, t_next, 1, False, predict_x0, class_labels, model_kwargs)
-            x_next = correct(m_next)
-        if warmup:
-            ms, ts = ms + [m_next], ts + [t_next]
-        else:
-            ms, ts = (ms + [m_next if m_next is not None else ms[-1]])[1:], (ts + [t_next])[1:]
-        if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, d_cur)
-        x = x_next
-    return x
+    i, x = s.i, s.x
+    m = s.keep = _model_output(s, predict_x0)
+    s.d_report = (x - m) / s.t_cur if predict_x0 else m
+    warmup = i + 1 < max_order
+    if warmup:
+        order, corrector = i + 1, True
+    else:
+        order = min(max_order, s.num - i) if lower_order_final else max_order
+        corrector = i < s.num - 1
+    ms = [p.keep for p in reversed(s.history[:max_order - 1])] + [m]  # newest last
+    ts = [p.t_cur for p in reversed(s.history[:max_order - 1])] + [s.t_cur]
+    x_next, correct = _unipc_update(x, s.t_next, ms, ts, order, predict_x0, variant, corrector)
+    if correct is None:
+        return x_next
+    # The model output at the predicted point is both the corrector input and the next step's model output.
+    d_pred = s.model.derivative(x_next, s.t_next)
+    s.reuse = (x_next, d_pred)
+    return correct(dynamic_threshold(x_next - s.t_next * d_pred) if predict_x0 else d_pred)
 
 # ----------------------------------------------------------------------------
-# Registry and NFE.
-
-SOLVERS = dict(euler=euler, heun=heun, dpm=dpm, ipndm=ipndm, ipndm_v=ipndm_v, deis=deis, dpmpp=dpmpp,
-               unipc=unipc)
-
-# Options each solver accepts, with defaults (the GITS toolbox's defaults, except max_order 3 for dpmpp/unipc,
-# whose toolbox default of 4 fails).
-SOLVER_DEFAULTS = dict(
-    euler={}, heun={}, dpm=dict(r=0.5),
-    ipndm=dict(max_order=4), ipndm_v=dict(max_order=4), deis=dict(max_order=4, deis_mode='tab'),
-    dpmpp=dict(max_order=3, predict_x0=True, lower_order_final=True),
-    unipc=dict(max_order=3, predict_x0=True, lower_order_final=True, variant='bh2'),
-    edm=dict(S_churn=0, S_min=0, S_max=float('inf'), S_noise=1),
-)
-
-_TWO_EVAL = ('heun', 'dpm')
+# Registry entries (GITS toolbox defaults, except max_order 3 for dpmpp/unipc, whose toolbox default of 4 fails).
 
 
-def solver_defaults(solver):
-    """The options `solver` accepts, with their defaults."""
-    if solver not in SOLVER_DEFAULTS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVER_DEFAULTS)}")
-    return dict(SOLVER_DEFAULTS[solver])
-
-
-def check_solver_options(solver, options):
-    """Raise TypeError naming any option that `solver` does not accept; return options merged with defaults."""
-    defaults = solver_defaults(solver)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        accepted = ', '.join(defaults) if defaults else 'none'
-        raise TypeError(f"solver {solver!r} does not accept option(s) {', '.join(unknown)} (accepted: {accepted})")
-    return {**defaults, **options}
-
-
-def solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options):
-    """Number of net evaluations of `samplers.sample(solver=..., num_steps=...)`.
-
-    num_steps counts timestamps (N; for GITS+AFS schedules pass their length). edm: EDM's meaning
-    (noise levels before the final zero), NFE = 2 num_steps - 1.
-    """
-    num_steps = int(num_steps)
-    if solver == 'edm':
-        return 2 * num_steps - 1
-    opts = check_solver_options(solver, options)
+def _unipc_nfe(num_steps, options):
     n = num_steps - 1
-    nfe = 2 * n if solver in _TWO_EVAL else n
-    if solver == 'unipc' and n < opts['max_order']:
-        nfe += 1  # warm-up corrector on the final step (see `unipc`)
-    return nfe - int(bool(afs)) + int(bool(denoise_to_zero))
+    return n + int(n < options['max_order'])  # warm-up corrector on the final step (see `unipc`)
 
 
-__all__ = ['SOLVERS', 'SOLVER_DEFAULTS', 'solver_defaults', 'check_solver_options', 'solver_nfe',
-           'dynamic_threshold', 'euler', 'heun', 'dpm', 'ipndm', 'ipndm_v', 'deis', 'dpmpp', 'unipc']
+for _spec in (
+    SolverSpec('euler', euler, order=1, teacher=True, doc='Euler (DDIM)'),
+    SolverSpec('heun', heun, evals_per_step=2, order=2, doc='Heun (EDM Algorithm 1)'),
+    SolverSpec('dpm', dpm, dict(r=0.5), evals_per_step=2, order=2, doc='DPM-Solver-2', prepare=_dpm_prepare),
+    SolverSpec('dpmpp', dpmpp, dict(max_order=3, predict_x0=True, lower_order_final=True), max_order=3, order=2,
+               doc='multistep DPM-Solver++ (2M/3M)', prepare=_order_check('dpmpp', 3)),
+    SolverSpec('ipndm', ipndm, dict(max_order=4), max_order=4, order=2, doc='improved PNDM',
+               prepare=_order_check('ipndm', 4)),
+    SolverSpec('ipndm_v', ipndm_v, dict(max_order=4), max_order=4, order=2, doc='variable-step iPNDM',
+               prepare=_order_check('ipndm_v', 4)),
+    SolverSpec('deis', deis, dict(max_order=4, deis_mode='tab'), max_order=4, order=3, doc='DEIS (tAB, rhoAB)',
+               prepare=_deis_prepare),
+    SolverSpec('unipc', unipc, dict(max_order=3, predict_x0=True, lower_order_final=True, variant='bh2'),
+               max_order=3, order=3, nfe=_unipc_nfe, teacher=False, doc='UniPC (bh1, bh2)',
+               prepare=_unipc_prepare),
+):
+    register_solver(_spec)
+
+__all__ = ['dynamic_threshold', 'euler', 'heun', 'dpm', 'ipndm', 'ipndm_v', 'deis', 'dpmpp', 'unipc',
+           'DEIS_MODES', 'UNIPC_VARIANTS']

@@ -210,7 +210,7 @@ def _option_grid(solver):
             for k in range(1, 4) for p in (True, False) for lo in (True, False) for v in ('bh1', 'bh2')]
 
 
-@pytest.mark.parametrize('solver', list(samplers.SOLVERS))
+@pytest.mark.parametrize('solver', samplers.solver_names(kind='ode'))
 def test_nfe_counts(solver):
     base = small_gaussian()
     lat = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
@@ -388,17 +388,21 @@ def test_dynamic_threshold_kept_in_data_mode(golden_net):
     assert thr[0, :3].tolist() == [0.5, -1.0, pytest.approx(0.1)] and thr[1].eq(1.0).all()
 
 
-def test_solver_functions_share_signature(golden_net):
+def test_solvers_share_the_stepping_loop(golden_net):
     lat = torch.randn(1, *golden_net.shape)
     t = samplers.get_schedule(5, 0.002, 80)
-    calls = []
-    for name, fn in samplers.SOLVERS.items():
-        calls.clear()
-        fn(golden_net, lat * t[0], t, None, afs=False, callback=lambda *a: calls.append(a), model_kwargs=None)
-        assert len(calls) == 4, name
-        i, t_cur, t_next, x_cur, x_next, d_cur = calls[0]
-        assert i == 0 and t_cur == t[0] and t_next == t[1] and d_cur.shape == lat.shape
-        assert fn.__doc__ and 'NFE' in fn.__doc__, name
+    for name in samplers.solver_names(kind='ode'):
+        records = []
+        samplers.sample(golden_net, lat, solver=name, t_steps=t, callback=records.append)
+        assert [r.i for r in records] == [0, 1, 2, 3], name
+        first = records[0]
+        assert isinstance(first, samplers.StepRecord)
+        assert first.t_cur == t[0] and first.t_next == t[1] and first.d_cur.shape == lat.shape
+        torch.testing.assert_close(first.x_cur, lat * t[0], rtol=0, atol=0)
+        for a, b in zip(records[:-1], records[1:]):
+            assert b.x_cur is a.x_next  # the loop hands each step's output to the next
+        spec = samplers.SOLVERS[name]
+        assert spec.fn.__doc__ and 'NFE' in spec.fn.__doc__, name
 
 
 def test_analytic_denoisers():
