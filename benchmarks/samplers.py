@@ -31,19 +31,31 @@ from samplers.analytic import CountingNet  # noqa: E402
 
 NFES = (4, 5, 6, 8, 10, 20)
 
-# (label, solver, options). Every fast solver uses the polynomial rho=7 schedule (or GITS) at its highest order.
-ROWS = [
-    ('Euler (DDIM)', 'euler', {}),
-    ('Heun', 'heun', {}),
-    ('DPM-Solver-2', 'dpm', {}),
-    ('iPNDM (order 4)', 'ipndm', dict(max_order=4)),
-    ('iPNDM-v (order 4)', 'ipndm_v', dict(max_order=4)),
-    ('DEIS-tAB (order 4)', 'deis', dict(max_order=4, deis_mode='tab')),
-    ('DEIS-rhoAB (order 4)', 'deis', dict(max_order=4, deis_mode='rhoab')),
-    ('DPM-Solver++(3M)', 'dpmpp', dict(max_order=3)),
-    ('UniPC-3 (bh2)', 'unipc', dict(max_order=3, variant='bh2')),
-    ('EDM Alg. 2 (deterministic)', 'edm', {}),
-]
+# Rows come from the solver registry: every registered solver at its highest order (deterministic for
+# stochastic ones), plus the variants below that deserve their own row.
+EXTRA_VARIANTS = [('deis', dict(deis_mode='rhoab'), 'rhoAB')]
+
+
+def _label(spec, note=''):
+    order = f'order {spec.max_order}' if spec.max_order else ''
+    details = ', '.join(x for x in (note, order) if x)
+    return f'{spec.doc} ({details})' if details else spec.doc
+
+
+def make_rows():
+    """(label, solver, options) for every registered solver that runs on a plain denoiser."""
+    rows = []
+    for spec in samplers.SOLVERS.values():
+        if spec.needs != 'denoiser':
+            continue
+        top = dict(max_order=spec.max_order) if spec.max_order else {}
+        rows.append((_label(spec), spec.name, top))
+        rows += [(_label(spec, note), spec.name, {**top, **extra}) for name, extra, note in EXTRA_VARIANTS
+                 if name == spec.name]
+    return rows
+
+
+ROWS = make_rows()
 
 COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
           '#17becf']
@@ -60,12 +72,13 @@ def make_problem(seed=0, components=6):
 
 
 def steps_for(solver, nfe):
-    """(num_steps, afs) giving exactly `nfe` evaluations, or None when the solver cannot."""
-    if solver == 'edm':  # EDM: NFE = 2 num_steps - 1 (num_steps noise levels + final zero)
-        return ((nfe + 1) // 2, False) if nfe % 2 == 1 else None
-    if solver in ('heun', 'dpm'):  # 2 (N - 1), minus one with AFS
-        return (nfe // 2 + 1, False) if nfe % 2 == 0 else ((nfe + 1) // 2 + 1, True)
-    return nfe + 1, False
+    """(num_steps, afs) giving exactly `nfe` evaluations (without AFS if possible), or None when none does."""
+    spec = samplers.get_solver(solver)
+    for afs in ((False, True) if spec.kind == 'ode' else (False,)):
+        for num_steps in range(2, nfe + 3):
+            if spec.count_nfe(num_steps, afs=afs) == nfe:
+                return num_steps, afs
+    return None
 
 
 def rms_error(x, exact):
@@ -78,8 +91,8 @@ def run_accuracy(net, latents, warmup, nfes, log):
     t_poly = samplers.get_schedule(2, 0.002, 80)
     t0 = time.time()
     exact = analytic.solve_pf_ode(net, latents.double() * t_poly[0].double(), t_poly[0], t_poly[1])
-    t_edm0 = float(samplers.edm.edm_schedule(net, 2)[0]) if _has_edm() else None
-    exact_edm = analytic.solve_pf_ode(net, latents.double() * t_edm0, t_edm0, 0.0) if t_edm0 else None
+    t_edm0 = float(samplers.edm_schedule(net, 2)[0])
+    exact_edm = analytic.solve_pf_ode(net, latents.double() * t_edm0, t_edm0, 0.0)
     log(f'reference solutions: {time.time() - t0:.1f} s')
 
     gits_cache = {}
@@ -94,14 +107,13 @@ def run_accuracy(net, latents, warmup, nfes, log):
 
     results = {}
     for label, solver, options in ROWS:
-        if solver == 'edm' and exact_edm is None:
-            continue
+        edm_kind = samplers.get_solver(solver).kind == 'edm'
         for nfe in nfes:
             plan = steps_for(solver, nfe)
             if plan is None:
                 continue
             num_steps, afs = plan
-            for use_gits in ((False,) if solver == 'edm' else (False, True)):
+            for use_gits in ((False,) if edm_kind else (False, True)):
                 counter = CountingNet(net)
                 if use_gits:
                     x = samplers.sample(counter, latents, solver=solver, t_steps=gits_steps(num_steps), afs=afs,
@@ -109,17 +121,9 @@ def run_accuracy(net, latents, warmup, nfes, log):
                 else:
                     x = samplers.sample(counter, latents, solver=solver, num_steps=num_steps, afs=afs, **options)
                 assert counter.calls == nfe, (solver, nfe, counter.calls)
-                results[(label, use_gits, nfe)] = rms_error(x, exact_edm if solver == 'edm' else exact)
+                results[(label, use_gits, nfe)] = rms_error(x, exact_edm if edm_kind else exact)
         log(f'{label}: done')
     return results, gits_cache
-
-
-def _has_edm():
-    try:
-        import samplers.edm  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 def run_orders(log):
@@ -171,7 +175,8 @@ def accuracy_table(results, nfes):
             vals = [results.get((label, use_gits, n)) for n in nfes]
             if all(v is None for v in vals):
                 continue
-            sched = 'GITS' if use_gits else ('EDM rho=7 + zero' if solver == 'edm' else 'polynomial rho=7')
+            edm_kind = samplers.get_solver(solver).kind == 'edm'
+            sched = 'GITS' if use_gits else ('EDM rho=7 + zero' if edm_kind else 'polynomial rho=7')
             best = [v is not None and results.get((label, not use_gits, n)) is not None
                     and v < results[(label, not use_gits, n)] for v, n in zip(vals, nfes)]
             cells = [(f'**{_fmt(v)}**' if b and use_gits else _fmt(v)) for v, b in zip(vals, best)]
@@ -187,6 +192,18 @@ def orders_table(rows):
         req = f'{(lo + hi) / 2:.0f} ± 0.3' if hi is not None else f'>= {lo}'
         lines.append(f'| {solver} | {opts} | {steps[0]}–{steps[-1]} | {order:.2f} | {last:.2f} | '
                      f'{" ".join(f"{e:.1e}" for e in errs)} | {req} |')
+    return '\n'.join(lines)
+
+
+def solver_table():
+    """The registered solvers as a Markdown table (docs/samplers.md)."""
+    lines = ['| solver | method | kind | evals/step | options (defaults) | stochastic | GITS teacher |',
+             '|---|---|---|---|---|---|---|']
+    for spec in samplers.SOLVERS.values():
+        opts = ', '.join(f'{k}={v}' for k, v in spec.defaults.items()) or '–'
+        nfe = '2N−1 total' if spec.name == 'edm' else str(spec.evals_per_step)
+        lines.append(f'| `{spec.name}` | {spec.doc} | {spec.kind} | {nfe} | {opts} | '
+                     f'{"yes" if spec.stochastic else "no"} | {"yes" if spec.teacher else "no"} |')
     return '\n'.join(lines)
 
 
@@ -228,11 +245,13 @@ samplers.solver_nfe('heun', 7, afs=True)                 # 11
 samplers.solver_defaults('unipc')                        # accepted options and defaults
 ```
 
-Solvers: `euler`, `heun`, `dpm` (DPM-Solver-2), `ipndm`, `ipndm_v`, `deis` (`deis_mode` tab/rhoab), `dpmpp`
-(multistep DPM-Solver++, data or noise prediction), `unipc` (bh1/bh2), and `edm` (EDM Algorithm 2, EDM's own
-step count). `num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning), so NFE is
-N−1 for single-evaluation solvers and 2(N−1) for `heun`/`dpm`; AFS saves one, `denoise_to_zero` adds one.
-The state is float32 as in the toolbox (float64 if the latents are float64).
+{solver_table()}
+
+For kind `ode`, `num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning), so NFE is
+(N−1) times the evaluations per step; AFS saves one, `denoise_to_zero` adds one. The state is float32 as in
+the toolbox (float64 if the latents are float64). Kind `edm` follows EDM: `num_steps` noise levels plus a final
+zero, float64 state. A new solver is one `samplers.register_solver(samplers.SolverSpec(...))` call
+(see `samplers/registry.py`); it then appears here, in `generate.py --solver` and in the NFE report.
 
 ## Error versus NFE on a Gaussian mixture
 

@@ -76,7 +76,8 @@ def generate_images(net, seeds, outdir, sampler_fn, *, max_batch_size=64, class_
                     device=torch.device('cpu'), progress=True):
     """Sample one PNG per seed into `outdir`; under torchrun the seeds are split across ranks.
 
-    `sampler_fn(net, latents, class_labels, randn_like)` returns images in [-1, 1]. Returns the paths written by
+    `sampler_fn(net, latents, class_labels, generator)` returns images in [-1, 1]; `generator` is the batch's
+    per-seed generator (its `randn_like` is the sampler's noise source, and a prior may draw from it). Returns the paths written by
     this rank.
     """
     import tqdm
@@ -90,7 +91,7 @@ def generate_images(net, seeds, outdir, sampler_fn, *, max_batch_size=64, class_
         batch_seeds = [seeds[i] for i in batch_indices.tolist()]
         latents, class_labels, rnd = draw_inputs(net, batch_seeds, device, class_idx)
         with torch.no_grad():
-            images = sampler_fn(net, latents, class_labels, rnd.randn_like)
+            images = sampler_fn(net, latents, class_labels, rnd)
         for seed, image in zip(batch_seeds, to_uint8(images)):
             path = image_path(outdir, seed, subdirs)
             save_png(image, path)

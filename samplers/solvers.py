@@ -418,15 +418,15 @@ for _spec in (
     SolverSpec('heun', heun, evals_per_step=2, order=2, doc='Heun (EDM Algorithm 1)'),
     SolverSpec('dpm', dpm, dict(r=0.5), evals_per_step=2, order=2, doc='DPM-Solver-2', prepare=_dpm_prepare),
     SolverSpec('dpmpp', dpmpp, dict(max_order=3, predict_x0=True, lower_order_final=True), max_order=3, order=2,
-               doc='multistep DPM-Solver++ (2M/3M)', prepare=_order_check('dpmpp', 3)),
+               doc='multistep DPM-Solver++', prepare=_order_check('dpmpp', 3)),
     SolverSpec('ipndm', ipndm, dict(max_order=4), max_order=4, order=2, doc='improved PNDM',
                prepare=_order_check('ipndm', 4)),
     SolverSpec('ipndm_v', ipndm_v, dict(max_order=4), max_order=4, order=2, doc='variable-step iPNDM',
                prepare=_order_check('ipndm_v', 4)),
-    SolverSpec('deis', deis, dict(max_order=4, deis_mode='tab'), max_order=4, order=3, doc='DEIS (tAB, rhoAB)',
+    SolverSpec('deis', deis, dict(max_order=4, deis_mode='tab'), max_order=4, order=3, doc='DEIS',
                prepare=_deis_prepare),
     SolverSpec('unipc', unipc, dict(max_order=3, predict_x0=True, lower_order_final=True, variant='bh2'),
-               max_order=3, order=3, nfe=_unipc_nfe, teacher=False, doc='UniPC (bh1, bh2)',
+               max_order=3, order=3, nfe=_unipc_nfe, teacher=False, doc='UniPC',
                prepare=_unipc_prepare),
 ):
     register_solver(_spec)
