@@ -110,6 +110,45 @@ def test_losses_are_persistent_and_round_trip():
                 {k: v for k, v in vars(obj).items() if not k.startswith('_')}
 
 
+class UniformLoss(EDMLoss):
+    """EDM's loss with uniform noise of variance sigma^2 (a kernel other than the Gaussian)."""
+
+    def noise(self, y, sigma, rng):
+        return (rng.rand(y.shape, device=y.device) * 2 - 1) * (3 ** 0.5) * sigma
+
+
+@pytest.mark.parametrize('per_sample', [False, True])
+def test_overridden_noise_is_what_the_network_sees(per_sample):
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    pipe = AugmentPipe(p=1, xflip=1)
+    make_rng = (lambda: SampleRNG('cpu', 5, [0, 1, 2, 3])) if per_sample else (lambda: None)
+    net = RecordingNet()
+    torch.manual_seed(3)
+    loss = UniformLoss()(net, images, augment_pipe=pipe, rng=make_rng())
+    # Same draws, in the same order: sigma, augmentation, then the overridden perturbation.
+    torch.manual_seed(3)
+    rng = make_rng()
+    gen = torch if rng is None else rng
+    sigma = (gen.randn([4, 1, 1, 1]) * 1.2 - 1.2).exp()
+    y, _ = pipe(images, rng=rng)
+    n = (gen.rand(images.shape) * 2 - 1) * (3 ** 0.5) * sigma
+    assert torch.equal(net.sigma, sigma) and torch.equal(net.x, y + n)
+    torch.testing.assert_close(loss, (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2 * y ** 2)
+
+
+def test_step_and_state_hooks():
+    for loss_fn in (VPLoss(), VELoss(), EDMLoss()):
+        assert loss_fn.step == 0 and loss_fn.state_dict() == {}
+        loss_fn.set_step(7)
+        assert loss_fn.step == 7
+        loss_fn.load_state_dict({})
+        with pytest.raises(ValueError, match='has no state to load'):
+            loss_fn.load_state_dict(dict(clamp=5.0))
+        # The step count travels with a snapshot's loss object; the pickled class name stays EDM's.
+        copy = persistence.load_pickle(io.BytesIO(pickle.dumps(loss_fn)))
+        assert type(copy) is type(loss_fn) and copy.step == 7
+
+
 def imported_modules(path):
     with open(path, encoding='utf-8') as f:
         tree = ast.parse(f.read())

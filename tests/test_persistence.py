@@ -1,9 +1,11 @@
 """Checkpoint pickles: official layout, safe loading that never runs embedded code, recompileNN."""
+import importlib
 import io
 import os
 import pickle
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -99,8 +101,106 @@ def test_unknown_persistent_class_is_refused():
         def __reduce__(self):
             return persistence._reconstruct_persistent_obj, (dict(type='class', version=6, module_src='',
                                                                    class_name='MysteryNet', state={}),)
-    with pytest.raises(pickle.UnpicklingError, match='MysteryNet'):
+    with pytest.raises(pickle.UnpicklingError, match='"MysteryNet", which no loaded module declares') as e:
         persistence.load_pickle(io.BytesIO(pickle.dumps(dict(ema=Stub()))))
+    assert '\n' not in str(e.value) and 'EDMPrecond' in str(e.value) and '--trust-pickle' in str(e.value)
+
+
+NEW_FAMILY = textwrap.dedent('''
+    import torch
+    from torch_utils import persistence
+
+    @persistence.persistent_class
+    class FamilyBlock(torch.nn.Module):
+        def __init__(self, channels, gain=1.0):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(channels, channels))
+            self.gain = gain
+
+        def forward(self, x):
+            return torch.tanh(torch.einsum('ij,njhw->nihw', self.weight, x)) * self.gain
+
+    @persistence.persistent_class
+    class FamilyNet(torch.nn.Module):
+        def __init__(self, channels, depth, gains=(1.0,)):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([FamilyBlock(channels, gain=gains[i % len(gains)])
+                                               for i in range(depth)])
+            self.register_buffer('offset', torch.randn(channels, 1, 1))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = x + block(x)
+            return x + self.offset
+''')
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Classes declared during the test leave the registry (and their modules sys.modules) afterwards."""
+    monkeypatch.setattr(persistence, '_registry', dict(persistence._registry))
+    yield
+    for name in ('mynewfamily', 'clashing'):
+        sys.modules.pop(name, None)
+
+
+def test_class_from_a_module_the_loader_never_heard_of_loads(scratch_registry, tmp_path, monkeypatch):
+    (tmp_path / 'mynewfamily.py').write_text(NEW_FAMILY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module('mynewfamily')
+    torch.manual_seed(0)
+    net = module.FamilyNet(3, depth=2, gains=(0.5, 2.0)).eval()
+    path = tmp_path / 'snapshot.pkl'
+    persistence.save_pickle(dict(ema=net, dataset_kwargs=dict(resolution=4)), str(path))
+    # The loader neither imports the module by name nor runs the embedded source: take both away.
+    monkeypatch.delitem(sys.modules, 'mynewfamily')
+    (tmp_path / 'mynewfamily.py').unlink()
+    data = persistence.load_network(str(path))
+    loaded = data['ema']
+    assert type(loaded) is module.FamilyNet and type(loaded.blocks[1]) is module.FamilyBlock
+    assert [b.gain for b in loaded.blocks] == [0.5, 2.0] and not loaded.training
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    assert data['dataset_kwargs'] == dict(resolution=4)
+
+
+def test_a_second_class_with_a_taken_name_is_refused(scratch_registry, tmp_path, monkeypatch):
+    (tmp_path / 'clashing.py').write_text('from torch_utils import persistence\n\n'
+                                          '@persistence.persistent_class\nclass EDMLoss:\n    pass\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match='"EDMLoss" is already taken by training.loss.EDMLoss; .* '
+                                         'clashing.EDMLoss needs another name'):
+        importlib.import_module('clashing')
+    # Reloading a module re-declares its classes under the same module and qualified name: they replace the old.
+    (tmp_path / 'mynewfamily.py').write_text(NEW_FAMILY)
+    module = importlib.import_module('mynewfamily')
+    first = module.FamilyNet
+    importlib.reload(module)
+    assert module.FamilyNet is not first and persistence._registry['FamilyNet'] is module.FamilyNet
+
+
+def test_trusted_load_of_other_source_leaves_the_registry_alone(monkeypatch, tmp_path):
+    net = small_net()
+    for cls in vars(networks).values():
+        if isinstance(cls, type) and persistence.is_persistent(cls):
+            monkeypatch.setattr(cls, '_orig_module_src', cls._orig_module_src + '\n# An edited copy.\n')
+    path = tmp_path / 'edited.pkl'
+    path.write_bytes(pickle.dumps(dict(ema=net)))
+    monkeypatch.undo()
+    trusted = persistence.load_network(str(path), trust_pickle=True)['ema']   # Executes the edited source.
+    assert type(trusted).__name__ == 'EDMPrecond' and type(trusted) is not networks.EDMPrecond
+    safe = persistence.load_network(str(path))['ema']
+    assert type(safe) is networks.EDMPrecond
+    assert torch.equal(outputs(net), outputs(trusted)) and torch.equal(outputs(net), outputs(safe))
+
+
+def test_undecorated_subclass_of_a_persistent_class_refuses_to_pickle():
+    class Unregistered(networks.EDMPrecond):
+        pass
+    with pytest.raises(pickle.PicklingError, match='Unregistered derives from persistent class EDMPrecond'):
+        pickle.dumps(Unregistered(img_resolution=8, img_channels=1, model_type='SongUNet', model_channels=8,
+                                  channel_mult=[1], num_blocks=1, attn_resolutions=[]))
 
 
 def test_load_network_rejects_non_checkpoints(tmp_path):

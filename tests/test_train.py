@@ -20,6 +20,33 @@ TINY = ['--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=8', '--workers=0', '-
         '--lr=2e-3', '--lr-rampup=0', '--ema=0.0001', '--seed=1']
 
 
+@persistence.persistent_class
+class UniformNoiseLoss(EDMLoss):
+    """EDM's loss with uniform noise of variance sigma^2; records the steps it is told and the step of each call."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.told, self.calls, self.noise_draws = [], [], 0
+
+    def set_step(self, step):
+        super().set_step(step)
+        self.told.append(step)
+
+    def noise(self, y, sigma, rng):
+        self.noise_draws += 1
+        return (rng.rand(y.shape, device=y.device) * 2 - 1) * (3 ** 0.5) * sigma
+
+    def __call__(self, net, images, labels=None, augment_pipe=None, rng=None):
+        self.calls.append(self.step)
+        return super().__call__(net, images, labels, augment_pipe=augment_pipe, rng=rng)
+
+    def state_dict(self):
+        return dict(told=list(self.told), calls=list(self.calls), noise_draws=self.noise_draws)
+
+    def load_state_dict(self, state):
+        self.told, self.calls, self.noise_draws = list(state['told']), list(state['calls']), state['noise_draws']
+
+
 def tiny_images(n=32, classes=4, seed=0):
     """8x8 grayscale images: class k is a bright bar on rows 2k, 2k+1, plus mild noise."""
     rnd = np.random.RandomState(seed)
@@ -139,6 +166,49 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
             torch.testing.assert_close(resumed[key][name], tensor, rtol=1e-6, atol=1e-6, msg=f'{key}.{name}')
     for a, b in zip(full['optimizer']['state'].values(), resumed['optimizer']['state'].values()):
         torch.testing.assert_close(a['exp_avg_sq'], b['exp_avg_sq'], rtol=1e-6, atol=1e-12)
+
+
+@pytest.fixture
+def uniform_precond(monkeypatch):
+    """--precond=uniform: EDM's preconditioner with UniformNoiseLoss (a new formulation is a registry entry)."""
+    from training import config
+    monkeypatch.setitem(config.PRECONDS, 'uniform', dict(network='training.networks.EDMPrecond',
+                                                         loss=f'{__name__}.UniformNoiseLoss', network_kwargs={},
+                                                         loss_kwargs=dict(P_std=1.2)))
+    return '--precond=uniform'
+
+
+def test_loss_hooks_count_optimizer_steps_and_survive_resume(data, tmp_path, uniform_precond):
+    common = [f'--data={data["cond"]}', '--cond=1', *TINY, uniform_precond, '--tick=1', '--snap=1', '--dump=1']
+    # Two accumulation rounds per step: the loss is called twice per step but told each step once.
+    assert run_train(f'--outdir={tmp_path / "full"}', *common, '--batch-gpu=4', steps(5)).exit_code == 0
+    full = load_state(only_run_dir(tmp_path / 'full'))
+    assert full['cur_step'] == 5 and full['loss']['told'] == [0, 1, 2, 3, 4]
+    assert full['loss']['calls'] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] and full['loss']['noise_draws'] == 10
+    # Interrupted after 2 steps, resumed with one round per step: the counts continue.
+    assert run_train(f'--outdir={tmp_path / "part"}', *common, '--batch-gpu=4', steps(2)).exit_code == 0
+    state_file = os.path.join(only_run_dir(tmp_path / 'part'), 'training-state-000000.pt')
+    res = run_train(f'--outdir={tmp_path / "part"}', *common, steps(5), f'--resume={state_file}')
+    assert res.exit_code == 0, res.output
+    resumed_dir = os.path.join(tmp_path / 'part', sorted(os.listdir(tmp_path / 'part'))[-1])
+    resumed = load_state(resumed_dir)
+    assert resumed['cur_step'] == 5 and resumed['loss']['told'] == [0, 1, 2, 3, 4]
+    assert resumed['loss']['calls'] == [0, 0, 1, 1, 2, 3, 4] and resumed['loss']['noise_draws'] == 7
+    # The snapshot's loss is the test's own class, found by the safe loader through the registry.
+    loss_fn = persistence.load_network(os.path.join(resumed_dir, 'network-snapshot-000000.pkl'))['loss_fn']
+    assert type(loss_fn) is UniformNoiseLoss and loss_fn.init_kwargs == dict(P_std=1.2)
+    assert loss_fn.told == [0, 1, 2, 3, 4]
+
+
+def test_overridden_noise_drives_training(data, tmp_path, uniform_precond):
+    common = [f'--data={data["cond"]}', '--cond=1', *TINY, '--per-sample-rng=1', steps(2)]
+    assert run_train(f'--outdir={tmp_path / "gauss"}', *common, '--precond=edm').exit_code == 0
+    assert run_train(f'--outdir={tmp_path / "uniform"}', *common, uniform_precond).exit_code == 0
+    gauss, uniform = load_state(only_run_dir(tmp_path / 'gauss')), load_state(only_run_dir(tmp_path / 'uniform'))
+    assert uniform['loss']['noise_draws'] == 2 and gauss['loss'] == {}
+    # Same data, sigma and initial weights; only the perturbation differs, and so does the update.
+    diff = max(float((gauss['net'][k] - uniform['net'][k]).abs().max()) for k in gauss['net'])
+    assert diff > 1e-4, diff     # Measured: 7e-3 (Adam's first steps move each weight by about lr).
 
 
 def test_resumed_fine_tune_keeps_its_ema_schedule(data, tmp_path):

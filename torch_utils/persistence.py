@@ -6,9 +6,11 @@ name and the object's ``__dict__`` (format version 6, the layout of NVlabs' ``to
 the files can be read by any EDM-based tool.
 
 Reading: :func:`load_network` uses a restricted unpickler. Persistent objects are matched by class name onto
-this project's classes, rebuilt from their stored constructor arguments and given their stored tensors; the
-embedded source text is never executed. Any global outside a short allow-list is refused with an error naming it.
-Full legacy unpickling (which executes the embedded source) happens only with ``trust_pickle=True``.
+the classes declared with :func:`persistent_class` in this process (the registry; importing the package
+``training`` declares the standard ones), rebuilt from their stored constructor arguments and given their stored
+tensors; the embedded source text is never executed. Any global outside a short allow-list is refused with an
+error naming it. Full legacy unpickling (which executes the embedded source) happens only with
+``trust_pickle=True``.
 """
 
 import copy
@@ -22,6 +24,8 @@ import torch
 
 _version = 6                     # Format version written into every pickle (the official value).
 _decorators = set()              # Persistent classes created by persistent_class().
+_registry = {}                   # Class name -> persistent class declared in an ordinary module (safe loader).
+_embedded_modules = set()        # Names of the modules created from embedded source (trusted loads).
 _import_hooks = []               # Callbacks applied to `meta` before a trusted load.
 _module_to_src = {}              # Module -> source text (for modules created from embedded source).
 _src_to_module = {}              # Source text -> module (cache of trusted loads).
@@ -35,6 +39,11 @@ def persistent_class(orig_class):
 
     The returned subclass records the constructor arguments (``init_args``, ``init_kwargs``) and pickles as
     ``_reconstruct_persistent_obj(meta)``. Applying it to a class that is already persistent returns it unchanged.
+
+    The class is also registered under its name for :func:`load_network`, which finds classes by that name only
+    (the pickle stores nothing else). Re-declaring the same ``module.qualname`` (a reload) replaces the entry; a
+    different class with a name already taken raises ``ValueError``. Classes from embedded source executed by a
+    trusted load are not registered.
     """
     assert isinstance(orig_class, type)
     if is_persistent(orig_class):
@@ -62,6 +71,10 @@ def persistent_class(orig_class):
             return dnnlib.EasyDict(copy.deepcopy(self._init_kwargs))
 
         def __reduce__(self):
+            if type(self) not in _decorators:
+                raise pickle.PicklingError(f'{type(self).__qualname__} derives from persistent class '
+                                           f'{self._orig_class_name} but is not decorated with @persistent_class '
+                                           'itself, so it would be saved as its base class')
             fields = list(super().__reduce__())
             fields += [None] * max(3 - len(fields), 0)
             if fields[0] is not _reconstruct_persistent_obj:
@@ -75,8 +88,19 @@ def persistent_class(orig_class):
     Decorator.__name__ = orig_class.__name__
     Decorator.__qualname__ = orig_class.__qualname__
     Decorator.__module__ = orig_class.__module__
+    if orig_class.__module__ not in _embedded_modules:
+        _register(Decorator)
     _decorators.add(Decorator)
     return Decorator
+
+
+def _register(cls):
+    old = _registry.get(cls.__name__)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f'persistent class name "{cls.__name__}" is already taken by {old.__module__}.'
+                         f'{old.__qualname__}; checkpoints identify classes by name only, so '
+                         f'{cls.__module__}.{cls.__qualname__} needs another name')
+    _registry[cls.__name__] = cls
 
 
 def is_persistent(obj):
@@ -112,6 +136,7 @@ def _src_to_module_obj(src):
         module_name = '_imported_module_' + uuid.uuid4().hex
         module = types.ModuleType(module_name)
         sys.modules[module_name] = module
+        _embedded_modules.add(module_name)
         _module_to_src[module] = src
         _src_to_module[src] = module
         exec(src, module.__dict__)  # pylint: disable=exec-used
@@ -275,18 +300,12 @@ def _copyreg_reconstructor(cls, base, state):
 
 
 def _class_registry():
-    """Class name -> this project's class, for every persistent class a checkpoint may contain."""
-    registry = {}
-    import importlib
-    for module_name in ('training.networks', 'training.loss', 'training.augment'):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for name, value in vars(module).items():
-            if isinstance(value, type) and is_persistent(value) and value.__module__ == module.__name__:
-                registry[name] = value
-    return registry
+    """Class name -> persistent class, for every class a checkpoint may contain (see persistent_class())."""
+    try:
+        import training  # noqa: F401  # Declares the standard classes (networks, losses, augmentation).
+    except ImportError:
+        pass
+    return dict(_registry)
 
 
 def _stub_tensors(stub, prefix, out):
@@ -315,8 +334,8 @@ def _rebuild(stub, registry):
     cls = registry.get(stub.class_name)
     if cls is None:
         known = ', '.join(sorted(registry)) or 'none'
-        raise pickle.UnpicklingError(f'checkpoint contains class "{stub.class_name}", which this toolkit does not '
-                                     f'provide (known: {known}); use --trust-pickle to run the embedded code instead')
+        raise pickle.UnpicklingError(f'checkpoint contains class "{stub.class_name}", which no loaded module declares '
+                                     f'(known: {known}); use --trust-pickle to run the embedded code instead')
     args = _rebuild(stub.state.get('_init_args', ()), registry)
     kwargs = _rebuild(stub.state.get('_init_kwargs', {}), registry)
     try:

@@ -7,8 +7,8 @@ ramp-up, loss scaling, a non-finite gradient guard, statistics reduced over rank
 * `network-snapshot-{kimg:06d}.pkl` - the official EDM layout: dict(ema, loss_fn, augment_pipe, dataset_kwargs),
   written with torch_utils.persistence (readable by EDM-based tools and by `persistence.load_network`).
 * `training-state-{kimg:06d}.pt` - plain state dicts, tensors and numbers only (`torch.load(weights_only=True)`):
-  net, EMA, optimizer, loss state, per-rank RNG states, the position in the data stream and the options. Resuming
-  from it continues the run exactly.
+  net, EMA, optimizer, loss state, per-rank RNG states, the position in the data stream, the optimizer step count
+  and the options. Resuming from it continues the run exactly.
 * `stats.jsonl` (one line per tick) and the status lines printed on rank 0.
 
 Data order: the global stream of samples is a fresh permutation of the dataset per epoch, seeded by (seed, epoch);
@@ -16,6 +16,9 @@ step s uses stream positions [s B, (s+1) B), split over ranks and accumulation r
 step does not depend on the process layout. With `per_sample_rng`, each sample's sigma, noise and augmentation come
 from a generator seeded by (seed, stream position), which makes the whole update independent of --batch-gpu and of
 the number of processes (dropout still uses each process's own generator).
+
+The loss is told the optimizer step count (`loss_fn.set_step`, once per step before its accumulation rounds, counted
+from the start of training) and its `state_dict()` travels in the training state (training.loss.Loss).
 """
 
 import contextlib
@@ -314,15 +317,16 @@ def training_loop(
     # Per-rank stream of the global generators (EDM's seeding), or the saved one.
     np.random.seed((seed * world_size + rank) % (1 << 31))
     torch.manual_seed(np.random.randint(1 << 31))
-    cur_tick, tick_start_nimg = 0, cur_nimg
+    cur_tick, tick_start_nimg, cur_step = 0, cur_nimg, 0     # cur_step: optimizer steps since the start of training.
     if resume_state is not None:
         dist.print0(f'Resuming from {cur_nimg} images...')
         net.load_state_dict(resume_state['net'])
         ema.load_state_dict(resume_state['ema'])
         optimizer.load_state_dict(resume_state['optimizer'])
-        if hasattr(loss_fn, 'load_state_dict') and resume_state.get('loss'):
-            loss_fn.load_state_dict(resume_state['loss'])
+        loss_fn.load_state_dict(resume_state['loss'])
         cur_tick, tick_start_nimg = int(resume_state['cur_tick']), int(resume_state['tick_start_nimg'])
+        # States that predate the step count: derived from the images seen (exact unless --batch changed).
+        cur_step = int(resume_state.get('cur_step', cur_nimg // resume_state['options']['batch_size']))
         if len(resume_state['rng']) == world_size:
             _set_rng_state(resume_state['rng'][rank], device)
         else:
@@ -349,6 +353,7 @@ def training_loop(
     while not done:
         # Accumulate gradients over the rounds; DDP synchronises on the last one.
         optimizer.zero_grad(set_to_none=True)
+        loss_fn.set_step(cur_step)
         for round_idx in range(num_accumulation_rounds):
             sync = contextlib.nullcontext() if (world_size == 1 or round_idx == num_accumulation_rounds - 1) \
                 else ddp.no_sync()
@@ -381,6 +386,7 @@ def training_loop(
                 p_ema.copy_(p_net.detach().lerp(p_ema, ema_beta))
 
         cur_nimg += batch_size
+        cur_step += 1
         steps += 1
         done = cur_nimg >= total_nimg or (max_steps is not None and steps >= max_steps)
         if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + kimg_per_tick * 1000:
@@ -432,7 +438,7 @@ def training_loop(
                     net={k: v.detach().cpu() for k, v in net.state_dict().items()},
                     ema={k: v.detach().cpu() for k, v in ema.state_dict().items()},
                     optimizer=optimizer.state_dict(),
-                    loss=loss_fn.state_dict() if hasattr(loss_fn, 'state_dict') else {},
+                    loss=loss_fn.state_dict(), cur_step=cur_step,
                     rng=rng_states, seed=seed, world_size=world_size, cur_nimg=cur_nimg,
                     cur_tick=cur_tick + 1, tick_start_nimg=cur_nimg,
                     options=state_options)
