@@ -143,7 +143,8 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
 
 def test_resumed_fine_tune_keeps_its_ema_schedule(data, tmp_path):
     # A fine-tune has no EMA ramp-up; the resumed run (which cannot repeat --transfer) must continue without one.
-    assert run_train(f'--outdir={tmp_path / "src"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1)).exit_code == 0
+    res = run_train(f'--outdir={tmp_path / "src"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1))
+    assert res.exit_code == 0, res.output
     source = os.path.join(only_run_dir(tmp_path / 'src'), 'network-snapshot-000000.pkl')
     common = [f'--data={data["cond"]}', '--cond=1', *TINY, '--ema=0.001', '--tick=1', '--snap=1', '--dump=1']
     assert run_train(f'--outdir={tmp_path / "full"}', *common, steps(4), f'--transfer={source}').exit_code == 0
