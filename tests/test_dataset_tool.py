@@ -353,6 +353,7 @@ def test_lmdb_without_optional_packages(tmp_path):
     assert not (tmp_path / 'l.zip').exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess_error(tmp_path):
     src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)])
     res = subprocess.run([sys.executable, 'dataset_tool.py', f'--source={src}', f'--dest={tmp_path / "x.zip"}'],

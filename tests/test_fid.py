@@ -156,6 +156,7 @@ def test_stats_subset_and_grayscale(setup, tmp_path):
 # Command line (subprocess), torchrun.
 
 
+@pytest.mark.slow
 def test_cli_ref_calc_pipeline(setup):
     root = setup['root']
     ref = root / 'refs' / 'set.npz'
@@ -187,6 +188,7 @@ def test_cli_ref_calc_pipeline(setup):
     assert float(res.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(os.path.join(os.path.dirname(
     sys.executable), 'torchrun')), reason='torchrun not found')
 def test_torchrun_two_processes_match_one(setup):
@@ -291,6 +293,7 @@ def live_fid_help():
     return text
 
 
+@pytest.mark.slow
 def test_help_file_is_current():
     with open(os.path.join(ROOT, 'docs', 'fid-help.txt'), encoding='utf-8') as f:
         assert f.read() == live_fid_help(), 'docs/fid-help.txt is stale: regenerate with python tests/test_fid.py'

@@ -239,6 +239,7 @@ def test_incompatible_resume_and_transfer_are_refused(data, tmp_path):
     assert not os.path.exists(tmp_path / 'b')
 
 
+@pytest.mark.slow
 def test_published_research_command_fails_with_one_line(data, tmp_path):
     # The 2nd-order SDE sampler project's training command (commands.md), scaled down to the tiny dataset.
     cmd = [sys.executable, 'train.py', f'--outdir={tmp_path}', f'--data={data["cond"]}', '--cond=1', '--arch=adm',
