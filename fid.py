@@ -50,9 +50,10 @@ class FIDError(click.ClickException):
     def __init__(self, message, collective=False):
         super().__init__(message)
         self.collective = collective
+        self.rank = dist.get_rank()  # Known when raised: the process group is left before the error is shown.
 
     def show(self, file=None):
-        if not (self.collective and dist.get_rank() != 0):
+        if not (self.collective and self.rank != 0):
             super().show(file)
 
 
