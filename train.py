@@ -71,7 +71,7 @@ from training import config, training_loop
               type=str)
 @click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
-# Options of the united research projects that are not implemented yet.
+# Options of published research command lines (FDM, PFGM++) that are not implemented yet.
 @unsupported_option('--warmup_ite', 'the FDM loss-weight warm-up is not implemented yet')
 @unsupported_option('--fdm_multipler', 'FDM is not implemented yet')
 @unsupported_option('--fdm_multiplier', 'FDM is not implemented yet')
@@ -100,6 +100,14 @@ def main(**opts):
     for key in ('outdir', 'data'):
         if opts[key] is None:
             raise click.ClickException(f'--{key} is required')
+    try:
+        _train(opts)
+    finally:
+        dist.shutdown()  # On every exit path (dry run, errors): a process that exits in the group can abort.
+
+
+def _train(opts):
+    """Join the process group, check the options, print them and run the training loop (or stop at --dry-run)."""
     try:
         device = dist.init(opts.device)
     except RuntimeError as e:
@@ -156,7 +164,6 @@ def main(**opts):
     log = training_loop.log_to_file(os.path.join(run_dir, 'log.txt')) if dist.get_rank() == 0 else None
     with log or contextlib.nullcontext():
         training_loop.training_loop(**c, transfer_net=transfer_net, resume_state=resume_state)
-    dist.shutdown()
 
 
 def _write_json(obj, path):

@@ -52,7 +52,7 @@ class AnalyticDenoiser:
 
     def __call__(self, x, sigma, class_labels=None, **model_kwargs):
         batch = x.shape[0]
-        x64 = x.detach().to(torch.float64).reshape(batch, self.dim)
+        x64 = x.to(torch.float64).reshape(batch, self.dim)
         s = self._flat_sigma(sigma, batch, x.device)
         return self.denoise_flat(x64, s).reshape(x.shape).to(x.dtype)
 
@@ -111,7 +111,8 @@ class GaussianMixture(AnalyticDenoiser):
         """Posterior component probabilities p(k | x) for float64 x [B, D], sigma [B, 1]."""
         mu, s2, w = self.mu.to(x.device), self.s2.to(x.device), self.w.to(x.device)
         var = s2[None, :] + sigma ** 2  # [B, K]: x | k ~ N(mu_k, (s2_k + sigma^2) I)
-        dist2 = torch.cdist(x[None], mu[None], compute_mode='donot_use_mm_for_euclid_dist')[0] ** 2
+        # Squared distances from differences (exact; torch.cdist has no forward-mode derivative for torch.func.jvp).
+        dist2 = (x[:, None, :] - mu[None, :, :]).square().sum(2)  # [B, K]
         logp = torch.log(w)[None, :] - 0.5 * self.dim * torch.log(2 * math.pi * var) - 0.5 * dist2 / var
         return torch.softmax(logp, dim=1), var
 

@@ -9,6 +9,7 @@ import os
 import re
 
 import dnnlib
+from dnnlib.cli import one_line
 
 # ----------------------------------------------------------------------------
 # Registries.
@@ -30,7 +31,7 @@ PRECONDS = {
                 loss_kwargs={}),
 }
 
-# Formulations of the united projects that are planned but not implemented yet.
+# Formulations planned on the same foundation (README.md) but not implemented yet.
 PLANNED_PRECONDS = {
     'fdm_edm': 'FDM (sail-sg/FDM)', 'fdm_vp': 'FDM (sail-sg/FDM)', 'fdm_ve': 'FDM (sail-sg/FDM)',
     'cld': 'CLD (critically-damped Langevin, gDDIM)',
@@ -133,7 +134,7 @@ def check_dataset(c):
         resolution, channels, size = dataset.resolution, dataset.num_channels, len(dataset)
         has_labels = dataset.has_labels
     except (IOError, OSError, ValueError, AssertionError) as e:
-        raise ConfigError(f'--data={path}: {_first_line(e)}') from e
+        raise ConfigError(f'--data={path}: {one_line(e)}') from e
     if c.dataset_kwargs.use_labels and not has_labels:
         raise ConfigError(f'--cond=1 needs class labels, but {path} has none (no "labels" in dataset.json); '
                           'use --cond=0 or a labelled dataset')
@@ -146,10 +147,6 @@ def check_dataset(c):
     c.dataset_info = dnnlib.EasyDict(resolution=resolution, channels=channels, label_dim=label_dim, size=size)
     return dataset.name
 
-
-def _first_line(e):
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 # ----------------------------------------------------------------------------
 # Run directory.
