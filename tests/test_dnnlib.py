@@ -126,3 +126,12 @@ def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
                 f.write(b'half')
             raise RuntimeError('interrupted')
     assert target.read_bytes() == b'data' and os.listdir(tmp_path / 'sub') == ['out.bin']
+
+
+def test_printable_escapes_terminal_control():
+    from dnnlib.util import printable
+    text = printable('net\x1b[2K\rDone.\x07 \u202e ok')
+    assert text == 'net\\x1b[2K\\rDone.\\x07 \\u202e ok'
+    assert all(c.isprintable() for c in text)
+    assert printable('é ü 日本') == 'é ü 日本'
+    assert printable('x' * 500).endswith('...') and len(printable('x' * 500)) == 203
