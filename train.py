@@ -70,6 +70,10 @@ from training import config, training_loop
 @click.option('--transfer', '--pretrain', 'transfer', help='Transfer learning from network pickle', metavar='PKL|URL',
               type=str)
 @click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
+@bool_option('--trust-pickle', 'trust_pickle',
+             help='Allow legacy unpickling of --transfer, which runs code embedded in it (trusted files only)')
+@click.option('--snapshot-format', 'snapshot_format', help='Network snapshots as EDM pickles or safetensors',
+              type=click.Choice(['pickle', 'safetensors']), default='pickle', show_default=True)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 # Options of published research command lines (FDM, PFGM++) that are not implemented yet.
 @unsupported_option('--warmup_ite', 'the FDM loss-weight warm-up is not implemented yet')
@@ -125,16 +129,17 @@ def _train(opts):
         elif c.seed is None:
             c.seed = dist.broadcast_object(secrets.randbelow(1 << 31))
         dataset_name = config.check_dataset(c)
-        transfer_net = training_loop.load_transfer(opts.transfer, c) if opts.transfer else None
+        transfer_net = training_loop.load_transfer(opts.transfer, c, opts.trust_pickle) if opts.transfer else None
         if resume_state is not None:
             training_loop.check_resume(resume_state, c, path=f'--resume={opts.resume}')
         desc = config.run_desc(dataset_name, opts.cond, opts.arch, opts.precond, dist.get_world_size(), opts.batch,
                                opts.fp16, opts.desc)
         run_dir = config.choose_run_dir(opts.outdir, desc, name=opts.name, nosubdir=opts.nosubdir, resume=opts.resume)
-    except config.ConfigError as e:
+    except (config.ConfigError, dnnlib.util.InputError) as e:
         raise click.ClickException(str(e))
     run_dir = dist.broadcast_object(run_dir)
     c.run_dir = run_dir
+    c.snapshot_format = opts.snapshot_format
     c.device = str(device)
 
     # Print options.

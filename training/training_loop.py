@@ -5,7 +5,8 @@ accumulation from `batch_gpu` up to `batch_size`, Adam with a linear learning-ra
 ramp-up, loss scaling, a non-finite gradient guard, statistics reduced over ranks, and periodic files in `run_dir`:
 
 * `network-snapshot-{kimg:06d}.pkl` - the official EDM layout: dict(ema, loss_fn, augment_pipe, dataset_kwargs),
-  written with torch_utils.persistence (readable by EDM-based tools and by `persistence.load_network`).
+  written with torch_utils.persistence (readable by EDM-based tools and by `persistence.load_network`); with
+  `snapshot_format='safetensors'`, `network-snapshot-{kimg:06d}.safetensors` instead (no pickle, same loader).
 * `training-state-{kimg:06d}.pt` - plain state dicts, tensors and numbers only (`torch.load(weights_only=True)`):
   net, EMA, optimizer, loss state, per-rank RNG states, the position in the data stream, the optimizer step count
   and the options. Resuming from it continues the run exactly.
@@ -23,6 +24,7 @@ from the start of training) and its `state_dict()` travels in the training state
 
 import contextlib
 import copy
+import inspect
 import json
 import os
 import re
@@ -36,7 +38,8 @@ import torch
 import dnnlib
 from dnnlib.cli import one_line
 from torch_utils import distributed as dist
-from torch_utils import misc, persistence, training_stats
+from dnnlib.util import printable
+from torch_utils import misc, persistence, safe_pickle, training_stats
 from training.config import ConfigError
 
 STATE_FORMAT = 'edm-training-state'
@@ -122,47 +125,177 @@ def _structure(network_kwargs):
     return {k: v for k, v in network_kwargs.items() if k not in ('dropout', 'use_fp16')}
 
 
+class TrainingStateError(dnnlib.util.InputError):
+    """A training state that cannot be resumed from; the message is one line naming the file and the problem."""
+
+
+def _state_fail(path, message):
+    raise TrainingStateError(f'--resume={printable(path)}: {message}')
+
+
+def _is_int(value, low=0, high=1 << 63):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
 def load_training_state(path):
-    """Read a `training-state-NNNNNN.pt` file (tensors and plain values only). Raises ConfigError."""
+    """Read a `training-state-NNNNNN.pt` file: tensors and plain values only, read with the restricted unpickler
+    (torch_utils.safe_pickle.load_torch_zip) and checked field by field. Raises TrainingStateError (one line)."""
     if not re.fullmatch(r'training-state-\d+\.pt', os.path.basename(path)):
-        raise ConfigError(f'--resume={path}: expected a file named training-state-NNNNNN.pt')
+        raise ConfigError(f'--resume={printable(path)}: expected a file named training-state-NNNNNN.pt')
+    if os.path.isdir(path):
+        _state_fail(path, 'is a folder; expected a training-state-NNNNNN.pt file')
     if not os.path.isfile(path):
-        raise ConfigError(f'--resume={path}: no such file')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pylint: disable=broad-except
-        raise ConfigError(f'--resume={path}: not a training state of this toolkit ({one_line(e)})') from e
-    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
-        raise ConfigError(f'--resume={path}: not a training state of this toolkit')
-    if state.get('version') != STATE_VERSION:
-        raise ConfigError(f'--resume={path}: training-state version {state.get("version")} is not supported '
-                          f'(this toolkit reads version {STATE_VERSION})')
+        _state_fail(path, 'no such file')
+    description = persistence.describe_file(path)
+    if description != 'a training state of this toolkit':
+        hint = ' (a network goes to --transfer)' if description in ('a pickle', 'a safetensors file') else ''
+        _state_fail(path, f'is {description}, not a training state of this toolkit{hint}')
+    with open(path, 'rb') as f:
+        state = safe_pickle.load_torch_zip(f, f'--resume={path}')
+    _check_state_fields(state, path)
     return state
 
 
+def _check_state_fields(state, path):
+    """The fields of a training state, their types and ranges (what the training loop reads)."""
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        _state_fail(path, 'not a training state of this toolkit')
+    if state.get('version') != STATE_VERSION:
+        _state_fail(path, f'training-state version {printable(repr(state.get("version")), 20)} is not supported '
+                          f'(this toolkit reads version {STATE_VERSION})')
+    fields = dict(net=dict, ema=dict, optimizer=dict, loss=dict, rng=list, seed=int, world_size=int, cur_nimg=int,
+                  cur_tick=int, tick_start_nimg=int, options=dict)
+    missing = sorted(k for k in fields if k not in state)
+    extra = sorted(printable(repr(k), 40) for k in state if k not in fields and k not in ('format', 'version',
+                                                                                          'cur_step'))
+    if missing or extra:
+        _state_fail(path, f'missing fields {missing}, unexpected fields {extra}')
+    for key, kind in fields.items():
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            _state_fail(path, f'"{key}" is a {type(state[key]).__name__}, expected {kind.__name__}')
+    safe_pickle.check_structure(state, f'--resume={path}', max_items=1_000_000)
+    for key in ('seed', 'cur_nimg', 'cur_tick', 'tick_start_nimg', 'cur_step'):
+        if key in state and not _is_int(state[key]):
+            _state_fail(path, f'"{key}" is {printable(repr(state[key]), 40)}, expected a non-negative integer')
+    if not 1 <= state['world_size'] <= 1 << 16 or state['tick_start_nimg'] > state['cur_nimg']:
+        _state_fail(path, 'inconsistent world_size or image counts')
+    for key in ('net', 'ema'):
+        for name, value in state[key].items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor) or not value.is_contiguous():
+                _state_fail(path, f'"{key}" entry {printable(repr(name), 80)} is not a name and a plain tensor')
+    rng_size = torch.get_rng_state().numel()
+    if not 1 <= len(state['rng']) <= 1 << 16:
+        _state_fail(path, f'"rng" holds {len(state["rng"])} states')
+    for entry in state['rng']:
+        cpu = entry.get('cpu') if isinstance(entry, dict) else None
+        cuda = entry.get('cuda') if isinstance(entry, dict) else None
+        if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8 and cpu.shape == (rng_size,)) or \
+                not (cuda is None or isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8 and cuda.ndim == 1) \
+                or set(entry) != {'cpu', 'cuda'}:
+            _state_fail(path, f'an "rng" entry is not dict(cpu=uint8 tensor of {rng_size}, cuda=None or uint8 tensor)')
+    options = state['options']
+    info, loss_kwargs = options.get('dataset_info'), options.get('loss_kwargs')
+    schedule = options.get('schedule', {})
+    if not (isinstance(options.get('network_kwargs'), dict) and isinstance(loss_kwargs, dict)
+            and isinstance(loss_kwargs.get('class_name'), str) and isinstance(options.get('dataset_kwargs'), dict)
+            and isinstance(info, dict) and all(_is_int(info.get(k)) for k in ('resolution', 'channels', 'label_dim'))
+            and _is_int(options.get('batch_size'), 1) and isinstance(schedule, dict)
+            and all(isinstance(schedule.get(k, 0), (int, float)) or schedule.get(k, 0) is None
+                    for k in ('ema_rampup_ratio', 'lr_rampup_kimg'))
+            and isinstance(schedule.get('lr_rampup_kimg', 0), (int, float))):
+        _state_fail(path, '"options" lack network_kwargs, loss_kwargs, dataset_kwargs, dataset_info, batch_size or a '
+                          'valid schedule')
+
+
 def check_resume(state, c, path='--resume'):
-    """Raise ConfigError (one line) if `state` cannot continue the run configured by `c`."""
+    """Raise ConfigError (one line) if `state` cannot continue the run configured by `c`, TrainingStateError if its
+    tensors, optimizer or loss state do not fit the network and optimizer these options build."""
     saved = state['options']
     if saved['loss_kwargs']['class_name'] != c.loss_kwargs.class_name:
-        raise ConfigError(f'{path} was trained with {saved["loss_kwargs"]["class_name"]}, this run uses '
+        raise ConfigError(f'{path} was trained with {printable(saved["loss_kwargs"]["class_name"])}, this run uses '
                           f'{c.loss_kwargs.class_name} (check --precond)')
     old, new = _structure(saved['network_kwargs']), _structure(_plain(c.network_kwargs))
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new), key=str):
         if old.get(key) != new.get(key):
-            raise ConfigError(f'{path} is from an incompatible run: network option {key} was {old.get(key)!r}, '
-                              f'now {new.get(key)!r}')
+            raise ConfigError(f'{path} is from an incompatible run: network option {printable(key)} was '
+                              f'{printable(repr(old.get(key)), 80)}, now {new.get(key)!r}')
     for key in ('resolution', 'channels', 'label_dim'):
         if saved['dataset_info'][key] != c.dataset_info[key]:
             raise ConfigError(f'{path} is from an incompatible run: dataset {key} was {saved["dataset_info"][key]}, '
                               f'now {c.dataset_info[key]}')
+    fail = lambda message: _raise(TrainingStateError(f'{printable(path)}: {message}'))  # noqa: E731
+    net = _meta_network(c)
+    shapes = {name: t for name, t in net.state_dict().items()}
+    for key in ('net', 'ema'):
+        missing = sorted(set(shapes) - set(state[key]))
+        extra = sorted(printable(k, 80) for k in set(state[key]) - set(shapes))
+        if missing or extra:
+            fail(f'"{key}" does not match the network: missing {missing[:5]}, unexpected {extra[:5]}')
+        for name, tensor in state[key].items():
+            if tensor.shape != shapes[name].shape or tensor.dtype != shapes[name].dtype:
+                fail(f'"{key}" entry {name} is {tensor.dtype} {list(tensor.shape)}, the network has '
+                     f'{shapes[name].dtype} {list(shapes[name].shape)}')
+    _check_optimizer_state(state['optimizer'], [p.shape for p in net.parameters()], c.optimizer_kwargs, fail)
+    try:
+        dnnlib.construct_class_by_name(**c.loss_kwargs).load_state_dict(state['loss'])
+    except Exception as e:  # pylint: disable=broad-except
+        fail(f'the loss state cannot be loaded ({one_line(e)})')
 
 
-def load_transfer(path, c):
+def _raise(error):
+    raise error
+
+
+def _meta_network(c):
+    info = c.dataset_info
+    with torch.device('meta'):
+        return dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=info.resolution,
+                                              img_channels=info.channels, label_dim=info.label_dim)
+
+
+def _check_optimizer_state(saved, shapes, optimizer_kwargs, fail):
+    """The optimizer state must have the layout the optimizer itself writes for these parameter shapes: groups
+    covering the parameters in order, and per parameter the entries one step of the same optimizer creates."""
+    if set(saved) != {'state', 'param_groups'} or not isinstance(saved['state'], dict) or \
+            not isinstance(saved['param_groups'], list) or len(saved['param_groups']) != 1:
+        fail('the optimizer state is not {"state": ..., "param_groups": [one group]}')
+    group = saved['param_groups'][0]
+    if not isinstance(group, dict) or group.get('params') != list(range(len(shapes))):
+        fail(f'the optimizer state does not cover the network\'s {len(shapes)} parameters in order')
+    cls = dnnlib.util.get_obj_by_name(optimizer_kwargs['class_name'])
+    accepted = inspect.signature(cls).parameters
+    settings = {k: v for k, v in group.items() if k != 'params'}
+    if any(not isinstance(k, str) or k not in accepted for k in settings) or \
+            any(not (isinstance(v, (bool, int, float, type(None))) or isinstance(v, (list, tuple)) and len(v) <= 4
+                     and all(isinstance(x, (int, float)) for x in v)) for v in settings.values()):
+        fail('the optimizer settings are not options of ' + optimizer_kwargs['class_name'])
+    try:  # One step of the same optimizer with these settings shows which entries each parameter has.
+        probe = torch.nn.Parameter(torch.zeros([2]))
+        optimizer = cls([probe], **settings)
+        probe.grad = torch.zeros([2])
+        optimizer.step()
+        template = optimizer.state_dict()['state'][0]
+    except Exception as e:  # pylint: disable=broad-except
+        fail(f'the optimizer settings cannot be used ({one_line(e)})')
+    for index, entries in saved['state'].items():
+        if not _is_int(index, 0, len(shapes)) or not isinstance(entries, dict) or set(entries) != set(template):
+            fail(f'optimizer state of parameter {printable(repr(index), 20)} does not have the entries '
+                 f'{sorted(template)}')
+        for key, value in entries.items():
+            want = template[key]
+            shape = want.shape if want.ndim == 0 else shapes[index]
+            if not isinstance(value, torch.Tensor) or value.shape != shape or value.dtype != want.dtype \
+                    or not value.is_contiguous():
+                fail(f'optimizer entry {printable(key, 40)} of parameter {index} is not a {want.dtype} tensor of '
+                     f'shape {list(shape)}')
+
+
+def load_transfer(path, c, trust_pickle=False):
     """Load the `ema` network of a checkpoint for --transfer/--pretrain and check that it fits. Raises ConfigError."""
     try:
-        net = persistence.load_network(path)['ema']
-    except Exception as e:  # pylint: disable=broad-except
-        raise ConfigError(f'--transfer={path}: cannot load the network ({one_line(e)})') from e
+        net = persistence.load_network(path, trust_pickle=trust_pickle)['ema']
+    except dnnlib.util.InputError as e:
+        raise ConfigError(f'--transfer={printable(path)}: cannot load the network ({e})') from None
     info = c.dataset_info
     for attr, want in (('img_resolution', info.resolution), ('img_channels', info.channels),
                        ('label_dim', info.label_dim)):
@@ -170,15 +303,30 @@ def load_transfer(path, c):
         if have is not None and have != want:
             raise ConfigError(f'--transfer={path}: the network has {attr}={have}, but the dataset needs {want}')
     # Same-named tensors must have the same shapes (checked on the meta device: no memory, no time).
-    with torch.device('meta'):
-        target = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=info.resolution,
-                                                img_channels=info.channels, label_dim=info.label_dim)
+    target = _meta_network(c)
     source = net.state_dict()
     for name, tensor in target.state_dict().items():
         if name in source and source[name].shape != tensor.shape:
             raise ConfigError(f'--transfer={path}: "{name}" has shape {list(source[name].shape)} in the checkpoint '
                               f'but {list(tensor.shape)} with these options (check --arch/--cbase/--cres)')
     return net
+
+
+def apply_training_state(state, net, ema, optimizer, loss_fn, device):
+    """Put a checked training state (load_training_state, check_resume) into fresh objects and set this rank's RNG
+    state; returns (cur_tick, tick_start_nimg, cur_step)."""
+    net.load_state_dict(state['net'])
+    ema.load_state_dict(state['ema'])
+    optimizer.load_state_dict(state['optimizer'])
+    loss_fn.load_state_dict(state['loss'])
+    # States that predate the step count: derived from the images seen (exact unless --batch changed).
+    cur_step = int(state.get('cur_step', state['cur_nimg'] // state['options']['batch_size']))
+    if len(state['rng']) == dist.get_world_size():
+        _set_rng_state(state['rng'][dist.get_rank()], device)
+    else:
+        dist.print0(f'Note: the state was saved by {len(state["rng"])} process(es), this run has '
+                    f'{dist.get_world_size()}; dropout noise will not continue the saved streams.')
+    return int(state['cur_tick']), int(state['tick_start_nimg']), cur_step
 
 
 def save_atomic(save_fn, path):
@@ -260,6 +408,7 @@ def training_loop(
     device=torch.device('cpu'),
     dataset_info=None,           # Informational (filled in by config.check_dataset).
     max_steps=None,              # Stop after this many optimizer steps of this call (tests, benchmarks).
+    snapshot_format='pickle',    # Network snapshots as 'pickle' (EDM layout, .pkl) or 'safetensors' (no code).
 ):
     """Train; returns a dict with the final `net`, `ema`, `cur_nimg` and the number of steps taken."""
     start_time = time.time()
@@ -319,18 +468,7 @@ def training_loop(
     cur_tick, tick_start_nimg, cur_step = 0, cur_nimg, 0     # cur_step: optimizer steps since the start of training.
     if resume_state is not None:
         dist.print0(f'Resuming from {cur_nimg} images...')
-        net.load_state_dict(resume_state['net'])
-        ema.load_state_dict(resume_state['ema'])
-        optimizer.load_state_dict(resume_state['optimizer'])
-        loss_fn.load_state_dict(resume_state['loss'])
-        cur_tick, tick_start_nimg = int(resume_state['cur_tick']), int(resume_state['tick_start_nimg'])
-        # States that predate the step count: derived from the images seen (exact unless --batch changed).
-        cur_step = int(resume_state.get('cur_step', cur_nimg // resume_state['options']['batch_size']))
-        if len(resume_state['rng']) == world_size:
-            _set_rng_state(resume_state['rng'][rank], device)
-        else:
-            dist.print0(f'Note: the state was saved by {len(resume_state["rng"])} process(es), this run has '
-                        f'{world_size}; dropout noise will not continue the saved streams.')
+        cur_tick, tick_start_nimg, cur_step = apply_training_state(resume_state, net, ema, optimizer, loss_fn, device)
     ddp = net
     if world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
@@ -427,7 +565,9 @@ def training_loop(
             if rank == 0:
                 data = dict(ema=ema_copy, loss_fn=loss_fn, augment_pipe=augment_pipe,
                             dataset_kwargs=_plain(dataset_kwargs))
-                persistence.save_pickle(data, os.path.join(run_dir, f'network-snapshot-{kimg_name}.pkl'))
+                save = persistence.save_safetensors if snapshot_format == 'safetensors' else persistence.save_pickle
+                ext = 'safetensors' if snapshot_format == 'safetensors' else 'pkl'
+                save(data, os.path.join(run_dir, f'network-snapshot-{kimg_name}.{ext}'))
             del ema_copy
         if state_dump_ticks is not None and (done or (cur_tick != 0 and cur_tick % state_dump_ticks == 0)):
             rng_states = _gather_rng_states(device)
