@@ -1,11 +1,11 @@
 """Minimal example: sample a grid of images from the bundled demo model or an official EDM checkpoint."""
 
-import pickle
 import time
 
 import click
 
 from dnnlib.cli import one_line
+from dnnlib.util import InputError, printable
 from samplers import demo
 
 
@@ -41,8 +41,10 @@ def main(dataset, network, outdir, seed, steps, cols, device, trust_pickle):
     try:
         path = demo.run(dataset, network=network, outdir=outdir, seed=seed, steps=steps, cols=cols, device=device,
                         trust_pickle=trust_pickle)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
-        raise click.ClickException(f'{url}: {one_line(e)}')
+    except InputError as e:  # The message names the file.
+        raise click.ClickException(str(e))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise click.ClickException(f'{printable(url)}: {one_line(e)}')
     print(f'Saved "{path}" in {time.time() - start:.1f} s')
 
 

@@ -8,7 +8,6 @@ Which sampler runs is decided by one rule, so every published command line keeps
 
 import json
 import os
-import pickle
 
 import click
 import torch
@@ -50,10 +49,8 @@ def load_net(network, trust_pickle, device):
     """Load the `ema` network of a checkpoint, with one-line errors."""
     try:
         data = persistence.load_network(network, trust_pickle=trust_pickle)
-    except FileNotFoundError as e:
-        raise click.BadParameter(str(e), param_hint='--network')
-    except (pickle.UnpicklingError, dnnlib.util.DownloadError, EOFError, ValueError, OSError) as e:
-        raise click.ClickException(f'cannot load network {network}: {e}')
+    except dnnlib.util.InputError as e:
+        raise click.BadParameter(f'cannot load network: {e}', param_hint='--network')
     return data['ema'].eval().requires_grad_(False).to(device)
 
 

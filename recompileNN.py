@@ -1,35 +1,38 @@
 """Rebuild a checkpoint (e.g. an official EDM pickle) from this toolkit's own network classes.
 
-The result holds the same tensors in the official pickle layout, but its embedded module sources are this
-project's (forward-mode-AD friendly) `training/networks.py`, so any EDM-based tool can load it.
+The result holds the same tensors, either in the official pickle layout with this project's (forward-mode-AD
+friendly) `training/networks.py` embedded, so any EDM-based tool can load it, or as `.safetensors` (tensors plus
+class names and constructor arguments as JSON metadata: a file that cannot carry code).
 """
 
+import io
 import os
+import pickle
 
 import click
 import torch
 
+import dnnlib
 from dnnlib.cli import bool_option
+from torch_utils import persistence
 
 # ----------------------------------------------------------------------------
 
 
-def recompile(source, dest, trust_pickle=False, verify=True):
-    """Load `source` (path or URL), save it rebuilt from this project's classes to `dest`. Returns max |diff|."""
-    from torch_utils import persistence
+def recompile(source, dest, trust_pickle=False, verify=True, format='pickle'):  # pylint: disable=redefined-builtin
+    """Load `source` (path or URL), save it rebuilt from this project's classes to `dest` as a pickle or
+    safetensors (`format`). Returns the max |difference| of the two networks on a test input (None without
+    `verify`). Raises dnnlib.util.InputError for an unusable source."""
     data = persistence.load_network(source, trust_pickle=trust_pickle)
     if trust_pickle:  # Legacy objects: rebuild them through the safe path from their pickled form.
-        import io
-        import pickle
-        buf = io.BytesIO()
-        pickle.dump(data, buf)
-        buf.seek(0)
-        data = persistence.load_pickle(buf)
-    persistence.save_pickle(data, dest)
+        data = persistence.load_pickle(io.BytesIO(pickle.dumps(data)), name=source)
+    if format == 'safetensors':
+        persistence.save_safetensors(data, dest)
+    else:
+        persistence.save_pickle(data, dest)
     if not verify:
         return None
-    with open(dest, 'rb') as f:
-        rebuilt = persistence.load_pickle(f)['ema']
+    rebuilt = persistence.load_network(dest)['ema']
     net = data['ema']
     gen = torch.Generator().manual_seed(0)
     x = torch.randn([1, net.img_channels, net.img_resolution, net.img_resolution], generator=gen)
@@ -42,28 +45,32 @@ def recompile(source, dest, trust_pickle=False, verify=True):
 @click.command()
 @click.option('--pkl_dir', '--network', 'source', help='Checkpoint to convert (path or URL)', metavar='PATH|URL',
               required=True)
-@click.option('--dest', help='Output pickle  [default: ckpts/<same file name>]', metavar='PATH', default=None)
+@click.option('--dest', help='Output file  [default: ckpts/<same name>, .safetensors for that format]',
+              metavar='PATH', default=None)
+@click.option('--format', 'fmt', help='Output format: EDM pickle, or safetensors (no code)',
+              type=click.Choice(['pickle', 'safetensors']), default='pickle', show_default=True)
 @bool_option('--trust-pickle', 'trust_pickle', help='Read the source with legacy unpickling (runs embedded code)')
-def main(source, dest, trust_pickle):
-    """Convert a network pickle into one built from this toolkit's classes.
+def main(source, dest, fmt, trust_pickle):
+    """Convert a network checkpoint into one built from this toolkit's classes.
 
     \b
-    Example:
+    Examples:
     python recompileNN.py --pkl_dir=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-imagenet-64x64-cond-adm.pkl
+    python recompileNN.py --network=net.pkl --format=safetensors --dest=net.safetensors
     """
-    import pickle
-    import dnnlib
     if dest is None:
-        dest = os.path.join('ckpts', os.path.basename(source.split('?', 1)[0]) or 'network.pkl')
+        name = os.path.basename(source.split('?', 1)[0]) or 'network.pkl'
+        if fmt == 'safetensors':
+            name = os.path.splitext(name)[0] + '.safetensors'
+        dest = os.path.join('ckpts', name)
     if os.path.exists(source) and os.path.exists(dest) and os.path.samefile(source, dest):
         raise click.BadParameter('must differ from the source file', param_hint='--dest')
-    os.makedirs(os.path.dirname(dest) or '.', exist_ok=True)
     try:
-        err = recompile(source, dest, trust_pickle=trust_pickle)
-    except FileNotFoundError as e:
-        raise click.BadParameter(str(e), param_hint='--pkl_dir')
-    except (pickle.UnpicklingError, dnnlib.util.DownloadError, EOFError, OSError) as e:
-        raise click.ClickException(f'cannot convert {source}: {e}')
+        err = recompile(source, dest, trust_pickle=trust_pickle, format=fmt)
+    except dnnlib.util.InputError as e:
+        raise click.ClickException(f'cannot convert: {e}')
+    except OSError as e:
+        raise click.ClickException(f'cannot write {dnnlib.util.printable(dest)}: {e.strerror or e}')
     click.echo(f'Saved {dest} (max |difference| of the rebuilt network on a test input: {err:.3g})')
 
 
