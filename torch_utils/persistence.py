@@ -623,13 +623,12 @@ class _Builder:
         plan = self.match(module, node, '')
         if not isinstance(training, bool):
             self.fail(f'{printable(class_name, 80)}: stored "training" flag is not a bool')
-        seen, logical = set(), 0
-        storages = {}
+        seen, logical, storages = set(), 0, {}
         for owner, key, kind, meta, stored_tensor, where in plan:
-            tensor = stored_tensor.load() if isinstance(stored_tensor, _LazyTensor) else stored_tensor
-            if id(tensor) in seen:
+            if id(stored_tensor) in seen:
                 self.fail(f'tensor {where} is stored twice in one network')
-            seen.add(id(tensor))
+            seen.add(id(stored_tensor))   # `plan` keeps every stored object alive, so ids are not reused.
+            tensor = stored_tensor.load() if isinstance(stored_tensor, _LazyTensor) else stored_tensor
             logical += tensor.numel() * tensor.element_size()
             storage = tensor.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
@@ -912,13 +911,15 @@ def _describe_zip(f):
                 return 'a TorchScript archive'
             if len(pickles) == 1:
                 info = archive.getinfo(pickles[0])
-                head = archive.read(info) if info.file_size <= (1 << 26) else b''
-                return 'a training state of this toolkit' if b'edm-training-state' in head else \
-                    'a torch.save archive'
+                small = info.compress_type == zipfile.ZIP_STORED and info.file_size <= (1 << 26)
+                return 'a training state of this toolkit' if small and b'edm-training-state' in archive.read(info) \
+                    else 'a torch.save archive'
             if names and all(n.endswith('.npy') for n in names):
                 return 'a numpy .npz archive'
             return 'a zip archive'
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except MemoryError:
+        raise
+    except Exception:  # pylint: disable=broad-except
         return 'a damaged zip archive'
     finally:
         f.seek(start)

@@ -133,30 +133,60 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     """Pure-Python unpickler over a table of allowed globals ``{(module, name): object}``.
 
     `persistent`: function for persistent ids (torch.save archives), else they are refused. `hint`: text appended
-    to the refusal of a global. `budget`: a `Budget` (default: one for `size` bytes), shared with the table's functions.
+    to the refusal of a global. `budget`: a `Budget` (default: one for the size), shared with the table's
+    functions. `data`: the whole pickle as bytes (then `file` and `size` are not used).
     """
     dispatch = dict(pickle._Unpickler.dispatch)  # pylint: disable=protected-access
 
-    def __init__(self, file, name, size, allowed, persistent=None, hint='', budget=None, encoding='ASCII'):
+    def __init__(self, file, name, size, allowed, persistent=None, hint='', budget=None, encoding='ASCII',
+                 data=None):
         self.name = name
-        self._reader = _BoundedReader(file, size, name)
+        self._reader = _BoundedReader(file if data is None else io.BytesIO(b''), size if data is None else 0, name)
+        self._data = data  # In-memory pickles are read as one frame (fast reads, still bounded).
         super().__init__(self._reader, encoding=encoding)
         self._allowed = allowed
         self._allowed_ids = {id(v) for v in allowed.values()}
         self._persistent = persistent
         self._hint = hint
-        self.budget = budget if budget is not None else Budget(name, size)
-        self._big = {}  # id(large str/bytes) -> memo key
+        self.budget = budget if budget is not None else Budget(name, size if data is None else len(data))
+        self._big = {}  # id(large str/bytes) -> [(memo key, the object or a tuple holding it)]
 
     def load(self):
         try:
-            return super().load()
+            return self._load()
         except (InputError, MemoryError):
             raise
         except EOFError:
             fail(self.name, 'truncated: the pickle data ends early')
         except Exception as e:  # pylint: disable=broad-except
             fail(self.name, f'corrupt or unsupported pickle data ({describe_exception(e)})')
+
+    def _load(self):
+        # pickle._Unpickler.load(), with the data of an in-memory pickle preset as the current frame.
+        self._unframer = pickle._Unframer(self._reader.read, self._reader.readline)  # pylint: disable=W0212
+        if self._data is not None:
+            self._unframer.current_frame = io.BytesIO(self._data)
+        self.read, self.readinto, self.readline = self._unframer.read, self._unframer.readinto, \
+            self._unframer.readline
+        self.metastack, self.stack, self.proto = [], [], 0
+        self.append = self.stack.append
+        read, dispatch = self.read, self.dispatch
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                dispatch[key[0]](self)
+        except pickle._Stop as stop:  # pylint: disable=protected-access
+            return stop.value
+
+    def load_frame(self):
+        size, = struct.unpack('<Q', self.read(8))
+        if self._data is None:
+            if size > self._reader.remaining:
+                fail(self.name, f'truncated or corrupt: {size} bytes announced where {self._reader.remaining} remain')
+            self._unframer.load_frame(size)
+    dispatch[pickle.FRAME[0]] = load_frame
 
     def refuse(self, what):
         fail(self.name, what + self._hint, UnsafePickleError)
@@ -173,10 +203,11 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
         return self._persistent(pid)
 
     def consume(self, obj):
-        """Drop a large string or blob from the memo once it has been turned into what it encodes."""
-        key = self._big.pop(id(obj), None)
-        if key is not None and self.memo.get(key) is obj:
-            self.memo[key] = _CONSUMED
+        """Drop a large string or blob from the memo once it has been turned into what it encodes (and the memoized
+        argument tuples that hold it), so that it is freed and cannot be used a second time."""
+        for key, holder in self._big.pop(id(obj), ()):
+            if self.memo.get(key) is holder:
+                self.memo[key] = _CONSUMED
 
     def _callable(self, func):
         if id(func) not in self._allowed_ids:
@@ -230,9 +261,7 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
 
     def load_bytearray8(self):
         n, = struct.unpack('<Q', self.read(8))
-        if n > self._reader.remaining:
-            fail(self.name, f'truncated or corrupt: {n} bytes announced where {self._reader.remaining} remain')
-        self.append(bytearray(self.read(n)))
+        self.append(bytearray(self.read(n)))  # Bounded read first (the stock version allocates n bytes first).
     dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
     def load_append(self):
@@ -272,8 +301,30 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     def _memo_put(self, key):
         obj = self.stack[-1]
         if isinstance(obj, (str, bytes)) and len(obj) >= BIG_OBJECT:
-            self._big[id(obj)] = key
+            self._big.setdefault(id(obj), []).append((key, obj))
+        elif type(obj) is tuple and len(obj) <= 4:
+            for item in obj:
+                if id(item) in self._big:
+                    self._big[id(item)].append((key, obj))
         self.memo[key] = obj
+
+    def _memo_get(self, key):
+        obj = self.memo[key]
+        if obj is _CONSUMED:
+            self.refuse('a large string or tensor blob is used twice (limit: each is read once)')
+        self.append(obj)
+
+    def load_get(self):
+        self._memo_get(int(self.readline()[:-1]))
+    dispatch[pickle.GET[0]] = load_get
+
+    def load_binget(self):
+        self._memo_get(self.read(1)[0])
+    dispatch[pickle.BINGET[0]] = load_binget
+
+    def load_long_binget(self):
+        self._memo_get(struct.unpack('<I', self.read(4))[0])
+    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
 
     def load_put(self):
         self._memo_put(int(self.readline()[:-1]))
@@ -506,10 +557,16 @@ def load_torch_zip(file, name, allowed=None, max_pickle=1 << 26):
     checked by `rebuild_tensor`. `allowed` adds globals to the table.
     """
     try:
-        archive = zipfile.ZipFile(file)
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        return _load_torch_zip(file, name, allowed, max_pickle)
+    except (InputError, MemoryError):
+        raise
+    except Exception as e:  # pylint: disable=broad-except
         fail(name, f'not a readable zip archive ({describe_exception(e)})')
+
+
+def _load_torch_zip(file, name, allowed, max_pickle):
+    archive = zipfile.ZipFile(file)
+    infos = archive.infolist()
     total = sum(info.file_size for info in infos)
     size = file.seek(0, os.SEEK_END) if hasattr(file, 'seek') else os.path.getsize(file)
     if any(info.compress_type != zipfile.ZIP_STORED for info in infos) or total > size:
@@ -551,9 +608,9 @@ def load_torch_zip(file, name, allowed=None, max_pickle=1 << 26):
     table.update(tensor_globals(name))
     table.update({('torch', n): StorageType(n, dtype) for n, dtype in STORAGE_DTYPES.items()})
     table.update(allowed or {})
-    with archive.open(entries[pickles[0]]) as f:
-        unpickler = Unpickler(f, name, entries[pickles[0]].file_size, table, persistent=persistent, budget=budget)
-        return unpickler.load()
+    data = archive.read(entries[pickles[0]])  # Small (no tensor data); unpickled from memory.
+    unpickler = Unpickler(None, name, len(data), table, persistent=persistent, budget=budget, data=data)
+    return unpickler.load()
 
 # ----------------------------------------------------------------------------
 # Numpy.
@@ -697,6 +754,9 @@ def read_pickle(file, name, allowed_fn, hint='', persistent=None, size=None):
     ref = lambda: unpickler  # noqa: E731
     table = container_globals(ref)
     table.update(allowed_fn(ref))
-    unpickler = Unpickler(file, name, size, table, persistent=persistent, hint=hint)
+    data = None
+    if isinstance(file, io.BytesIO) and file.tell() == 0 and size == len(file.getbuffer()):
+        data = file.getvalue()
+    unpickler = Unpickler(file, name, size, table, persistent=persistent, hint=hint, data=data)
     return unpickler.load(), unpickler
 

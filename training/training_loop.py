@@ -24,6 +24,7 @@ from the start of training) and its `state_dict()` travels in the training state
 
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import os
@@ -147,7 +148,7 @@ def load_training_state(path):
     if not os.path.isfile(path):
         _state_fail(path, 'no such file')
     description = persistence.describe_file(path)
-    if description != 'a training state of this toolkit':
+    if description not in ('a training state of this toolkit', 'a torch.save archive'):
         hint = ' (a network goes to --transfer)' if description in ('a pickle', 'a safetensors file') else ''
         _state_fail(path, f'is {description}, not a training state of this toolkit{hint}')
     with open(path, 'rb') as f:
@@ -224,8 +225,7 @@ def check_resume(state, c, path='--resume'):
             raise ConfigError(f'{path} is from an incompatible run: dataset {key} was {saved["dataset_info"][key]}, '
                               f'now {c.dataset_info[key]}')
     fail = lambda message: _raise(TrainingStateError(f'{printable(path)}: {message}'))  # noqa: E731
-    net = _meta_network(c)
-    shapes = {name: t for name, t in net.state_dict().items()}
+    shapes, param_shapes = _network_layout(json.dumps(_plain(dict(c.network_kwargs, **c.dataset_info))))
     for key in ('net', 'ema'):
         missing = sorted(set(shapes) - set(state[key]))
         extra = sorted(printable(k, 80) for k in set(state[key]) - set(shapes))
@@ -235,7 +235,7 @@ def check_resume(state, c, path='--resume'):
             if tensor.shape != shapes[name].shape or tensor.dtype != shapes[name].dtype:
                 fail(f'"{key}" entry {name} is {tensor.dtype} {list(tensor.shape)}, the network has '
                      f'{shapes[name].dtype} {list(shapes[name].shape)}')
-    _check_optimizer_state(state['optimizer'], [p.shape for p in net.parameters()], c.optimizer_kwargs, fail)
+    _check_optimizer_state(state['optimizer'], param_shapes, c.optimizer_kwargs, fail)
     try:
         dnnlib.construct_class_by_name(**c.loss_kwargs).load_state_dict(state['loss'])
     except Exception as e:  # pylint: disable=broad-except
@@ -244,6 +244,16 @@ def check_resume(state, c, path='--resume'):
 
 def _raise(error):
     raise error
+
+
+@functools.lru_cache(maxsize=4)
+def _network_layout(options):
+    """(name -> meta tensor of the state dict, parameter shapes in order) of the network for these options (JSON of
+    network_kwargs and dataset_info)."""
+    options = json.loads(options)
+    info = {k: options.pop(k) for k in ('resolution', 'channels', 'label_dim', 'size') if k in options}
+    net = _meta_network(dnnlib.EasyDict(network_kwargs=options, dataset_info=dnnlib.EasyDict(info)))
+    return dict(net.state_dict()), [p.shape for p in net.parameters()]
 
 
 def _meta_network(c):
@@ -288,6 +298,9 @@ def _check_optimizer_state(saved, shapes, optimizer_kwargs, fail):
                     or not value.is_contiguous():
                 fail(f'optimizer entry {printable(key, 40)} of parameter {index} is not a {want.dtype} tensor of '
                      f'shape {list(shape)}')
+            if want.ndim == 0 and not (value.isfinite() and value >= 0):   # Counters such as Adam's step.
+                fail(f'optimizer entry {printable(key, 40)} of parameter {index} is {value.item()}, expected a '
+                     'finite non-negative count')
 
 
 def load_transfer(path, c, trust_pickle=False):
