@@ -182,7 +182,8 @@ def open_url(url, cache_dir=None, num_attempts=5, verbose=True, return_filename=
     """Open a local path, a file:// URL or an http(s) URL as a binary file object.
 
     Downloads are cached under `cache_dir` (default: make_cache_dir_path('downloads'), overridable with
-    $DNNLIB_CACHE_DIR; a private folder, see `private_dir`) and written atomically. With `return_filename=True` the local file name is returned
+    $DNNLIB_CACHE_DIR; a private folder, see `private_dir`) and written atomically. With `return_filename=True`
+    the local file name is returned
     instead (requires a path, a file:// URL or `cache=True`).
     """
     assert num_attempts >= 1

@@ -58,7 +58,8 @@ def _tiny_checkpoint():
     from training.augment import AugmentPipe
     from training.loss import EDMLoss
     return dict(ema=_tiny_network().eval().requires_grad_(False), loss_fn=EDMLoss(),
-                augment_pipe=AugmentPipe(p=0.1, xflip=1), dataset_kwargs=dict(resolution=8, max_size=32, use_labels=True))
+                augment_pipe=AugmentPipe(p=0.1, xflip=1),
+                dataset_kwargs=dict(resolution=8, max_size=32, use_labels=True))
 
 
 def make_network_pickle(folder):
@@ -246,55 +247,61 @@ _PUSHERS = {'NONE', 'NEWTRUE', 'NEWFALSE', 'BININT', 'BININT1', 'BININT2', 'LONG
             'BINGET', 'LONG_BINGET'}
 
 
+_APPLIES = [   # Opcodes each pickle mutation applies to (None: any).
+    None,
+    {'BININT1', 'BININT2', 'BININT', 'LONG1', 'BINFLOAT', 'BINUNICODE', 'SHORT_BINUNICODE', 'NEWTRUE', 'NEWFALSE',
+     'NONE'},
+    {'BINBYTES', 'SHORT_BINBYTES', 'BINUNICODE', 'SHORT_BINUNICODE'},
+    {'BINGET', 'LONG_BINGET', 'EMPTY_LIST'},
+    _PUSHERS,
+    {'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8'},
+    None,
+]
+
+
 def mutate_pickle(data, rng):
     """One structural change: opcode substitution, argument substitution, a huge length prefix, a duplicated memo
-    reference, swapped types, a flipped byte inside one opcode, or a change inside a nested blob (torch's
-    storages are pickles inside bytes arguments)."""
+    reference, swapped types, a change inside a nested blob (torch's storages are pickles inside bytes arguments),
+    or a flipped byte inside one opcode."""
     try:
         ops = parse_pickle(data)
     except Exception:  # pylint: disable=broad-except
         return flip_bytes(data, rng)
-    if not ops:
-        return data
-    i = rng.randrange(len(ops))
+    choice = rng.randrange(len(_APPLIES))
+    where = [i for i, (op, _) in enumerate(ops) if _APPLIES[choice] is None or op.name in _APPLIES[choice]]
+    if not where:
+        return flip_bytes(data, rng)
+    i = rng.choice(where)
     op, arg = ops[i]
-    choice = rng.randrange(7)
+    memo = sum(1 for o, _ in ops[:i] if o.name in ('MEMOIZE', 'BINPUT', 'LONG_BINPUT'))
     if choice == 0:                                          # Opcode substitution (argument bytes reinterpreted).
         raw = write_pickle(ops[:i]) + rng.choice(pickletools.opcodes).code.encode('latin1')
         return raw + _encode_arg(op, arg) + write_pickle(ops[i + 1:])
-    if choice == 1 and op.name in ('BININT1', 'BININT2', 'BININT', 'LONG1', 'BINFLOAT'):   # Argument substitution.
-        ops[i:i + 1] = _push_op(rng.choice(EXTREME_INTS + [1e308, float('nan')]))
-        return write_pickle(ops)
-    if choice == 1 and op.name in ('BINUNICODE', 'SHORT_BINUNICODE'):
+    if choice == 1 and isinstance(arg, str):                 # Argument substitution.
         strings = [a for o, a in ops if isinstance(a, str) and len(a) < 100] + ['\x1b[2K\rOK', '', 'x' * 300]
         ops[i] = (OPS['BINUNICODE'], rng.choice(strings))
-        return write_pickle(ops)
-    if choice == 2 and op.name in ('BINBYTES', 'SHORT_BINBYTES', 'BINUNICODE', 'SHORT_BINUNICODE'):   # Huge length.
+    elif choice == 1:
+        ops[i:i + 1] = _push_op(rng.choice(EXTREME_VALUES))
+    elif choice == 2:                                        # A huge length prefix.
         body = arg.encode('utf-8', 'surrogatepass') if isinstance(arg, str) else arg
         code = OPS['BINBYTES8'] if isinstance(arg, bytes) else OPS['BINUNICODE8']
         size = rng.choice([2 ** 40, 2 ** 32, len(body) + 1, 2 ** 63])
         return write_pickle(ops[:i]) + code.code.encode('latin1') + struct.pack('<Q', size) + body + \
             write_pickle(ops[i + 1:])
-    memo = sum(1 for o, _ in ops[:i] if o.name in ('MEMOIZE', 'BINPUT', 'LONG_BINPUT'))
-    if choice == 3 and op.name in ('BINGET', 'LONG_BINGET'):   # Duplicated memo reference (another object here).
-        ops[i] = (OPS['LONG_BINGET'], rng.randrange(max(memo, 1)))
-        return write_pickle(ops)
-    if choice == 3 and op.name == 'EMPTY_LIST':              # A list of many references to one stored object.
+    elif choice == 3 and op.name == 'EMPTY_LIST':            # A list of many references to one stored object.
         ops[i + 1:i + 1] = [(OPS['MARK'], None)] + [(OPS['LONG_BINGET'], rng.randrange(max(memo, 1)))] * \
             rng.choice([2, 100, 10000]) + [(OPS['APPENDS'], None)]
-        return write_pickle(ops)
-    if choice == 4 and op.name in _PUSHERS:                  # Swapped types.
+    elif choice == 3:                                        # A memo reference to another stored object.
+        ops[i] = (OPS['LONG_BINGET'], rng.randrange(max(memo, 1)))
+    elif choice == 4:                                        # Swapped types.
         ops[i:i + 1] = _push_op(rng.choice(EXTREME_VALUES))
-        return write_pickle(ops)
-    if choice == 5 and isinstance(arg, bytes) and len(arg) >= 32:   # Inside a nested blob.
-        inner = rng.choice([mutate_pickle, flip_bytes, truncate, splice])(arg, rng)
-        ops[i] = (OPS['BINBYTES'], inner)
-        return write_pickle(ops)
-    raw = bytearray(write_pickle(ops[i:i + 1])[:64])        # A flipped byte inside one opcode.
-    if raw:
-        raw[rng.randrange(len(raw))] = rng.randrange(256)
-    encoded = write_pickle(ops[i:i + 1])
-    return write_pickle(ops[:i]) + bytes(raw) + encoded[len(raw):] + write_pickle(ops[i + 1:])
+    elif choice == 5 and len(arg) >= 32:                     # Inside a nested blob.
+        ops[i] = (OPS['BINBYTES'], rng.choice([mutate_pickle, flip_bytes, truncate, splice])(arg, rng))
+    else:                                                    # A flipped byte inside one opcode.
+        raw = bytearray(write_pickle(ops[i:i + 1]))
+        raw[rng.randrange(min(len(raw), 64))] = rng.randrange(256)
+        return write_pickle(ops[:i]) + bytes(raw) + write_pickle(ops[i + 1:])
+    return write_pickle(ops)
 
 
 def mutate_json_value(value, rng, depth=0, strict=False):
@@ -344,7 +351,16 @@ def mutate_safetensors(data, rng):
     header, body = data[8:8 + n], data[8 + n:]
     if rng.random() < 0.1:
         return struct.pack('<Q', rng.choice([0, 1, n - 1, n + 1, 2 ** 40, len(data)])) + data[8:]
-    header = mutate_json(header, rng, strict=True)
+    try:
+        parsed = json.loads(header)
+        objects = parsed['__metadata__']['objects']
+    except (ValueError, KeyError, TypeError, RecursionError):
+        objects = None
+    if objects is not None and rng.random() < 0.5:           # This toolkit's metadata: classes and arguments.
+        parsed['__metadata__']['objects'] = mutate_json(objects.encode('utf-8'), rng).decode('utf-8', 'replace')
+        header = json.dumps(parsed).encode('utf-8')
+    else:
+        header = mutate_json(header, rng, strict=True)
     return struct.pack('<Q', len(header)) + header + body
 
 
@@ -358,7 +374,8 @@ def mutate_zip(data, rng):
         return flip_bytes(data, rng)
     if not members:
         return data
-    i = rng.randrange(len(members))
+    pickles = [j for j, (n, _) in enumerate(members) if n.endswith('.pkl')]
+    i = rng.choice(pickles) if pickles and rng.random() < 0.5 else rng.randrange(len(members))
     name, content = members[i]
     choice = rng.random()
     if choice < 0.05:
@@ -367,7 +384,7 @@ def mutate_zip(data, rng):
         members.insert(i, (name, content))
     else:
         mutate = mutate_pickle if name.endswith('.pkl') else mutate_json if name.endswith('.json') else \
-            rng.choice(BYTE_MUTATIONS)
+            rng.choice([flip_bytes, flip_bytes, truncate, splice])
         members[i] = (name, mutate(content, rng))
     out = io.BytesIO()
     with warnings.catch_warnings(), zipfile.ZipFile(out, 'w', compression=zipfile.ZIP_STORED) as archive:

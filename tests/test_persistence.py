@@ -249,3 +249,67 @@ def test_protocol_2_pickles_load():
     loaded = persistence.load_pickle(io.BytesIO(pickle.dumps(dict(ema=net, tags={'a'}), protocol=2)))
     assert loaded['tags'] == {'a'}
     assert torch.equal(outputs(net), outputs(loaded['ema']))
+
+
+def snapshot():
+    from training.augment import AugmentPipe
+    from training.loss import EDMLoss
+    loss_fn = EDMLoss(P_mean=-1.0)
+    loss_fn.set_step(7)
+    return dict(ema=small_net(), loss_fn=loss_fn, augment_pipe=AugmentPipe(p=0.25, xflip=1),
+                dataset_kwargs=dict(resolution=8, max_size=32, path='data.zip'))
+
+
+def test_safetensors_round_trip_gives_identical_outputs(tmp_path, monkeypatch):
+    data = snapshot()
+    persistence.save_pickle(data, str(tmp_path / 'net.pkl'))
+    persistence.save_safetensors(persistence.load_network(str(tmp_path / 'net.pkl')), str(tmp_path / 'net.safetensors'))
+    # Nothing is unpickled when reading it.
+    monkeypatch.setattr(persistence.safe_pickle, 'Unpickler', None)
+    monkeypatch.setattr(pickle, 'load', None)
+    loaded = persistence.load_network(str(tmp_path / 'net.safetensors'))
+    assert type(loaded['ema']) is networks.EDMPrecond and not loaded['ema'].training
+    assert torch.equal(outputs(data['ema']), outputs(loaded['ema']))
+    assert loaded['ema'].init_kwargs == data['ema'].init_kwargs
+    assert type(loaded['loss_fn']).__name__ == 'EDMLoss' and loaded['loss_fn'].P_mean == -1.0
+    assert loaded['loss_fn'].step == 7 and loaded['augment_pipe'].p == 0.25
+    assert loaded['dataset_kwargs'] == data['dataset_kwargs']
+    with open(tmp_path / 'net.safetensors', 'rb') as f:
+        assert b'_reconstruct_persistent_obj' not in f.read()
+
+
+def test_recompile_to_safetensors(evil_pickle, tmp_path):
+    from click.testing import CliRunner
+    import recompileNN
+    net, data = evil_pickle
+    src = tmp_path / 'official.pkl'
+    src.write_bytes(data)
+    dest = tmp_path / 'out' / 'official.safetensors'
+    res = CliRunner().invoke(recompileNN.main, [f'--pkl_dir={src}', '--format=safetensors', f'--dest={dest}'])
+    assert res.exit_code == 0, res.output
+    assert 'of the rebuilt network on a test input: 0)' in res.output
+    assert torch.equal(outputs(net), outputs(persistence.load_network(str(dest))['ema']))
+    # The default name follows the format.
+    with CliRunner().isolated_filesystem(temp_dir=tmp_path):
+        res = CliRunner().invoke(recompileNN.main, [f'--network={src}', '--format=safetensors'])
+        assert res.exit_code == 0 and os.path.isfile(os.path.join('ckpts', 'official.safetensors')), res.output
+
+
+def test_train_writes_safetensors_snapshots(tmp_path):
+    from click.testing import CliRunner
+    import numpy as np
+    import train
+    from training.demo_data import write_dataset
+    images = np.random.RandomState(0).randint(0, 256, size=[8, 8, 8]).astype(np.uint8)
+    zip_path = write_dataset(images, str(tmp_path / 'tiny.zip'), np.arange(8) % 4)
+    res = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "run"}', f'--data={zip_path}', '--cond=1',
+                                          '--cbase=8', '--cres=1', '--batch=4', '--workers=0', '--augment=0',
+                                          '--duration=0.000004', '--seed=1', '--snapshot-format=safetensors'])
+    assert res.exit_code == 0, res.output
+    (run_dir,) = (tmp_path / 'run').iterdir()
+    assert (run_dir / 'network-snapshot-000000.safetensors').is_file()
+    assert not (run_dir / 'network-snapshot-000000.pkl').exists()
+    snap = persistence.load_network(str(run_dir / 'network-snapshot-000000.safetensors'))
+    state = torch.load(str(run_dir / 'training-state-000000.pt'), weights_only=True)
+    for name, tensor in snap['ema'].state_dict().items():
+        assert torch.equal(tensor, state['ema'][name])

@@ -395,7 +395,8 @@ class _LazyTensor:
             _fail(name, f'tensor {printable(key, 80)} has unsupported type {printable(view.get_dtype(), 20)}')
 
     def load(self):
-        return self.handle.get_tensor(self.key)
+        # A fresh copy: the library's buffer is not aligned like torch's own, and CPU kernels may round differently.
+        return self.handle.get_tensor(self.key).clone()
 
 
 class _Builder:
@@ -464,7 +465,8 @@ class _Builder:
             attributes = {k: state[k] for k in _MODULE_ATTRIBUTES if k in state}
             return self.build_module(cls, class_name, list(args), dict(kwargs), node, training, attributes)
         obj = self.construct(cls, class_name, list(args), dict(kwargs), None)
-        self.set_attributes(obj, {k: v for k, v in state.items() if k not in ('_init_args', '_init_kwargs')}, class_name)
+        plain = {k: v for k, v in state.items() if k not in ('_init_args', '_init_kwargs')}
+        self.set_attributes(obj, plain, class_name)
         return obj
 
     def lookup(self, class_name):

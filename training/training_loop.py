@@ -7,9 +7,9 @@ ramp-up, loss scaling, a non-finite gradient guard, statistics reduced over rank
 * `network-snapshot-{kimg:06d}.pkl` - the official EDM layout: dict(ema, loss_fn, augment_pipe, dataset_kwargs),
   written with torch_utils.persistence (readable by EDM-based tools and by `persistence.load_network`); with
   `snapshot_format='safetensors'`, `network-snapshot-{kimg:06d}.safetensors` instead (no pickle, same loader).
-* `training-state-{kimg:06d}.pt` - plain state dicts, tensors and numbers only (`torch.load(weights_only=True)`):
-  net, EMA, optimizer, loss state, per-rank RNG states, the position in the data stream, the optimizer step count
-  and the options. Resuming from it continues the run exactly.
+* `training-state-{kimg:06d}.pt` - plain state dicts, tensors and numbers only (read back with the restricted
+  unpickler and checked): net, EMA, optimizer, loss state, per-rank RNG states, the position in the data stream,
+  the optimizer step count and the options. Resuming from it continues the run exactly.
 * `stats.jsonl` (one line per tick) and the status lines printed on rank 0.
 
 Data order: the global stream of samples is a fresh permutation of the dataset per epoch, seeded by (seed, epoch);
@@ -126,8 +126,9 @@ def _structure(network_kwargs):
     return {k: v for k, v in network_kwargs.items() if k not in ('dropout', 'use_fp16')}
 
 
-class TrainingStateError(dnnlib.util.InputError):
-    """A training state that cannot be resumed from; the message is one line naming the file and the problem."""
+class TrainingStateError(ConfigError, dnnlib.util.InputError):
+    """A training state that cannot be resumed from (broken, or from an incompatible run); the message is one line
+    naming the file and the problem."""
 
 
 def _state_fail(path, message):
@@ -142,7 +143,7 @@ def load_training_state(path):
     """Read a `training-state-NNNNNN.pt` file: tensors and plain values only, read with the restricted unpickler
     (torch_utils.safe_pickle.load_torch_zip) and checked field by field. Raises TrainingStateError (one line)."""
     if not re.fullmatch(r'training-state-\d+\.pt', os.path.basename(path)):
-        raise ConfigError(f'--resume={printable(path)}: expected a file named training-state-NNNNNN.pt')
+        raise TrainingStateError(f'--resume={printable(path)}: expected a file named training-state-NNNNNN.pt')
     if os.path.isdir(path):
         _state_fail(path, 'is a folder; expected a training-state-NNNNNN.pt file')
     if not os.path.isfile(path):
@@ -195,6 +196,11 @@ def _check_state_fields(state, path):
                 or set(entry) != {'cpu', 'cuda'}:
             _state_fail(path, f'an "rng" entry is not dict(cpu=uint8 tensor of {rng_size}, cuda=None or uint8 tensor)')
     options = state['options']
+
+    def plain(value):
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            _state_fail(path, f'"options" hold a {type(value).__name__}; expected plain (JSON) values')
+    safe_pickle.check_structure(options, f'--resume={path}', max_items=100_000, leaf=plain)
     info, loss_kwargs = options.get('dataset_info'), options.get('loss_kwargs')
     schedule = options.get('schedule', {})
     if not (isinstance(options.get('network_kwargs'), dict) and isinstance(loss_kwargs, dict)
@@ -209,21 +215,21 @@ def _check_state_fields(state, path):
 
 
 def check_resume(state, c, path='--resume'):
-    """Raise ConfigError (one line) if `state` cannot continue the run configured by `c`, TrainingStateError if its
-    tensors, optimizer or loss state do not fit the network and optimizer these options build."""
+    """Raise TrainingStateError (one line) if `state` cannot continue the run configured by `c`: other options, or
+    tensors, optimizer or loss state that do not fit the network and optimizer these options build."""
     saved = state['options']
     if saved['loss_kwargs']['class_name'] != c.loss_kwargs.class_name:
-        raise ConfigError(f'{path} was trained with {printable(saved["loss_kwargs"]["class_name"])}, this run uses '
-                          f'{c.loss_kwargs.class_name} (check --precond)')
+        raise TrainingStateError(f'{path} was trained with {printable(saved["loss_kwargs"]["class_name"])}, this run '
+                                 f'uses {c.loss_kwargs.class_name} (check --precond)')
     old, new = _structure(saved['network_kwargs']), _structure(_plain(c.network_kwargs))
     for key in sorted(set(old) | set(new), key=str):
         if old.get(key) != new.get(key):
-            raise ConfigError(f'{path} is from an incompatible run: network option {printable(key)} was '
-                              f'{printable(repr(old.get(key)), 80)}, now {new.get(key)!r}')
+            raise TrainingStateError(f'{path} is from an incompatible run: network option {printable(key)} was '
+                                     f'{printable(repr(old.get(key)), 80)}, now {new.get(key)!r}')
     for key in ('resolution', 'channels', 'label_dim'):
         if saved['dataset_info'][key] != c.dataset_info[key]:
-            raise ConfigError(f'{path} is from an incompatible run: dataset {key} was {saved["dataset_info"][key]}, '
-                              f'now {c.dataset_info[key]}')
+            raise TrainingStateError(f'{path} is from an incompatible run: dataset {key} was '
+                                     f'{saved["dataset_info"][key]}, now {c.dataset_info[key]}')
     fail = lambda message: _raise(TrainingStateError(f'{printable(path)}: {message}'))  # noqa: E731
     shapes, param_shapes = _network_layout(json.dumps(_plain(dict(c.network_kwargs, **c.dataset_info))))
     for key in ('net', 'ema'):
