@@ -429,3 +429,40 @@ def test_training_state_files_of_other_kinds(state_file, tmp_path):
     assert 'limit hit: compressed zip entries' in resume_error(zipped.getvalue(), tmp_path)
     assert 'is an empty file' in resume_error(b'', tmp_path)
     fuzzing.load_training_state(state_file)   # The valid state resumes.
+
+# ----------------------------------------------------------------------------
+# Every script prints a loader failure as its one error line.
+
+
+def hostile_dtype_pickle():
+    dtype = Reduce(np.dtype, ('V8', False, True), (3, '|', None, ('a',), {'a': (np.dtype('O'), 0)}, 8, 1, 0))
+    return pickle.dumps(dict(ema=Reduce(SCALAR, (dtype, b'A' * 8))), protocol=2)
+
+
+@pytest.mark.parametrize('script', ['generate', 'example', 'recompileNN', 'train-transfer', 'train-resume'])
+def test_scripts_print_one_line(script, tmp_path):
+    from click.testing import CliRunner
+    from conftest import error_line
+    import example
+    import generate
+    import recompileNN
+    import train
+    from training.demo_data import write_dataset
+    path = tmp_path / 'net.pkl'
+    path.write_bytes(hostile_dtype_pickle())
+    if script.startswith('train'):
+        images = np.random.RandomState(0).randint(0, 256, size=[8, 8, 8]).astype(np.uint8)
+        data = write_dataset(images, str(tmp_path / 'tiny.zip'), np.arange(8) % 4)
+        state = tmp_path / 'training-state-000000.pt'
+        state.write_bytes(b'\x1b[2Jnot a state\n')
+        extra = [f'--transfer={path}'] if script == 'train-transfer' else [f'--resume={state}']
+        main, args = train.main, [f'--outdir={tmp_path / "out"}', f'--data={data}', '--cond=1', '--cbase=8',
+                                  '--cres=1', '--batch=4', '--workers=0', *extra]
+    else:
+        main, args = dict(generate=(generate.main, ['--seeds=0', '--steps=2', f'--outdir={tmp_path / "out"}']),
+                          example=(example.main, [f'--outdir={tmp_path}']),
+                          recompileNN=(recompileNN.main, [f'--dest={tmp_path / "out.pkl"}']))[script]
+        args = [f'--network={path}'] + args
+    line = error_line(CliRunner().invoke(main, args))
+    expected = 'not a training state of this toolkit' if script == 'train-resume' else "refusing numpy dtype 'V8'"
+    assert expected in line and '\x1b' not in line

@@ -32,7 +32,7 @@ import zipfile
 import numpy as np
 import torch
 
-from dnnlib.util import EasyDict, InputError, printable
+from dnnlib.util import EasyDict, InputError, atomic_path, printable
 from torch_utils import safe_pickle
 from torch_utils.safe_pickle import UnsafePickleError  # noqa: F401  # Re-exported: refusal of a global.
 
@@ -180,9 +180,13 @@ def _reconstruct_persistent_obj(meta):
 
 def save_pickle(obj, path):
     """Pickle `obj` to `path` atomically (temporary name, then rename)."""
-    from dnnlib.util import atomic_path
     with atomic_path(path) as tmp, open(tmp, 'wb') as f:
         pickle.dump(obj, f)
+
+
+SAFETENSORS_FORMAT = 'edmkit.checkpoint'   # Metadata of this toolkit's .safetensors checkpoints.
+SAFETENSORS_VERSION = 1
+_MODULE_ATTRIBUTES = ('use_fp16',)   # Runtime settings copied onto a rebuilt network (the rest is constructed).
 
 
 def save_safetensors(data, path):
@@ -191,7 +195,6 @@ def save_safetensors(data, path):
     class name, constructor arguments, module classes and plain attributes. Written atomically; no pickle inside.
     """
     from safetensors.torch import save_file
-    from dnnlib.util import atomic_path
     if isinstance(data, torch.nn.Module):
         data = dict(ema=data)
     objects, tensors = {}, {}
@@ -222,11 +225,9 @@ def _describe_object(obj):
     else:
         spec['attributes'] = {}
         for key, value in vars(obj).items():
-            try:
-                spec['attributes'][key] = _json_plain(value, key)
-            except ValueError:
-                pass  # Not plain data: rebuilt by the constructor only.
-        spec['attributes'] = {k: v for k, v in spec['attributes'].items() if not k.startswith('_')}
+            if not key.startswith('_'):
+                with contextlib.suppress(ValueError):  # Values that are not plain data are left to the constructor.
+                    spec['attributes'][key] = _json_plain(value, key)
     return spec
 
 
@@ -259,14 +260,11 @@ def _json_plain(value, what):
 # elements derived from the tensors the file holds, its module tree, parameter and buffer shapes compared with the
 # stored ones, a denoiser traced on meta tensors, and only then the stored tensors put in place (no second copy).
 
-SAFETENSORS_FORMAT = 'edmkit.checkpoint'
-SAFETENSORS_VERSION = 1
 MAX_ARG_ITEMS = 10_000           # Items in one object's constructor arguments.
 MAX_ARG_DEPTH = 8                # Nesting of constructor arguments.
 MAX_ARG_LIST = 64                # Length of one list argument.
 MAX_MODULE_DEPTH = 64            # Nesting of a stored module tree.
 MAX_METADATA = 1 << 24           # Bytes of safetensors JSON metadata.
-_MODULE_ATTRIBUTES = ('use_fp16',)   # Runtime settings copied onto a rebuilt network (the rest is constructed).
 _prototypes = collections.OrderedDict()   # (class, arguments) -> network built and traced on meta (a few recent).
 _TRUST_HINT = '; if you trust the file, load it with trust_pickle=True (--trust-pickle)'
 
@@ -780,9 +778,21 @@ def load_pickle(file, trust_pickle=False, name=None):
         except Exception as e:  # pylint: disable=broad-except
             _fail(name, f'legacy unpickling failed ({safe_pickle.describe_exception(e)})')
     data, _ = safe_pickle.read_pickle(file, name, _pickle_globals(name), hint=_TRUST_HINT)
-    result = _Builder(name, _class_registry(), _TRUST_HINT).convert(data)
-    safe_pickle.check_structure(result, name)
+    with _one_line(name):
+        result = _Builder(name, _class_registry(), _TRUST_HINT).convert(data)
+        safe_pickle.check_structure(result, name)
     return result
+
+
+@contextlib.contextmanager
+def _one_line(name):
+    # Safety net of the builders: an unforeseen error about a file is still one line naming it.
+    try:
+        yield
+    except (InputError, MemoryError):
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        _fail(name, f'cannot be loaded ({safe_pickle.describe_exception(e)})')
 
 
 def load_safetensors(path, name=None):
@@ -790,11 +800,11 @@ def load_safetensors(path, name=None):
     from safetensors import SafetensorError, safe_open
     name = name or path
     try:
-        with safe_open(path, framework='pt', device='cpu') as handle:
-            metadata = handle.metadata() or {}
-            return _from_safetensors(handle, metadata, name)
+        handle = safe_open(path, framework='pt', device='cpu')
     except (SafetensorError, OSError) as e:
         _fail(name, f'not a readable safetensors file ({safe_pickle.describe_exception(e)})')
+    with handle, _one_line(name):
+        return _from_safetensors(handle, handle.metadata() or {}, name)
 
 
 def _from_safetensors(handle, metadata, name):

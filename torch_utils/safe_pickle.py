@@ -743,9 +743,10 @@ def check_structure(obj, name, max_items=MAX_ITEMS, max_depth=MAX_DEPTH, leaf=No
     return count(obj, 0)
 
 
-def read_pickle(file, name, allowed_fn, hint='', persistent=None, size=None):
-    """Unpickle `file` (a binary file object, positioned at the start) with the table `allowed_fn(unpickler_ref)`
-    plus plain containers; the size is taken from the file unless given."""
+def read_pickle(file, name, allowed_fn, hint='', persistent=None, size=None, encoding='ASCII'):
+    """Unpickle `file` (a binary file object) from its current position with the table `allowed_fn(unpickler_ref)`
+    plus plain containers; returns (object, unpickler). The size is what remains of the file unless given;
+    `encoding` decodes Python 2 strings (e.g. 'latin1' for the CIFAR-10 batches, with `numpy_globals`)."""
     if size is None:
         start = file.tell()
         size = file.seek(0, os.SEEK_END) - start
@@ -757,6 +758,6 @@ def read_pickle(file, name, allowed_fn, hint='', persistent=None, size=None):
     data = None
     if isinstance(file, io.BytesIO) and file.tell() == 0 and size == len(file.getbuffer()):
         data = file.getvalue()
-    unpickler = Unpickler(file, name, size, table, persistent=persistent, hint=hint, data=data)
+    unpickler = Unpickler(file, name, size, table, persistent=persistent, hint=hint, data=data, encoding=encoding)
     return unpickler.load(), unpickler
 
