@@ -40,7 +40,7 @@ def test_order_of_convergence(solver, options, steps, lo, hi):
 
 def test_order_study_covers_every_solver_at_its_maximum_order():
     assert {c[0] for c in ORDER_CASES} == set(samplers.solver_names(kind='ode'))
-    highest = dict(ipndm=4, ipndm_v=4, deis=4, dpmpp=3, unipc=3)
+    highest = dict(ipndm=4, ipndm_v=4, deis=4, dpmpp=3, unipc=3, dpmpp_singlestep=3)
     for solver, options, steps, lo, hi in ORDER_CASES:
         if solver == 'euler':
             assert (lo, hi) == (0.7, 1.3)
