@@ -39,16 +39,15 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
+from dnnlib.cli import one_line
+from training.dataset import archive_name, encode_png
+
 # ----------------------------------------------------------------------------
 # Errors.
 
 
 class DatasetToolError(click.ClickException):
     """A conversion problem, reported as one line (``Error: ...``) by the command line."""
-
-
-def _one_line(text):
-    return ' '.join(str(text).split())
 
 # ----------------------------------------------------------------------------
 # Small helpers.
@@ -59,12 +58,6 @@ def is_image_file_name(name):
     PIL.Image.init()
     ext = os.path.splitext(str(name))[1].lower()
     return ext != '' and ext in PIL.Image.EXTENSION
-
-
-def archive_name(index):
-    """EDM's name for image number `index`: the first five digits of the 8-digit index name the sub-folder."""
-    digits = f'{index:08d}'
-    return f'{digits[:5]}/img{digits}.png'
 
 
 def parse_resolution(text):
@@ -109,7 +102,7 @@ def decode_image(file, where):
     except DatasetToolError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot read image {where}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot read image {where}: {one_line(e)}') from None
 
 # ----------------------------------------------------------------------------
 # Sources. Each opener returns (number of images or None, iterator of (where, HW[C] uint8 array, label or None)).
@@ -124,7 +117,7 @@ def _labels_from_json(text, where):
     try:
         labels = json.loads(text).get('labels')
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'{where}: not a valid dataset.json ({_one_line(e)})') from None
+        raise DatasetToolError(f'{where}: not a valid dataset.json ({one_line(e)})') from None
     if labels is None:
         return {}
     try:
@@ -164,7 +157,7 @@ def open_image_folder(source, max_images=None):
             try:
                 file = open(path, 'rb')
             except OSError as e:
-                raise DatasetToolError(f'cannot read image {path}: {e.strerror or _one_line(e)}') from None
+                raise DatasetToolError(f'cannot read image {path}: {e.strerror or one_line(e)}') from None
             with file:
                 yield path, decode_image(file, path), labels.get(rel)
     return count, iterate()
@@ -179,7 +172,7 @@ def open_image_zip(source, max_images=None):
             if 'dataset.json' in z.namelist():
                 labels = _labels_from_json(z.read('dataset.json').decode('utf-8'), f'{source}:dataset.json')
     except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetToolError(f'cannot read zip archive {source}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot read zip archive {source}: {one_line(e)}') from None
     count = len(names) if max_images is None else min(len(names), max_images)
 
     def iterate():
@@ -189,7 +182,7 @@ def open_image_zip(source, max_images=None):
                 try:
                     data = z.read(name)
                 except Exception as e:  # pylint: disable=broad-except
-                    raise DatasetToolError(f'cannot read image {where}: {_one_line(e)}') from None
+                    raise DatasetToolError(f'cannot read image {where}: {one_line(e)}') from None
                 yield where, decode_image(io.BytesIO(data), where), labels.get(name)
     return count, iterate()
 
@@ -234,7 +227,7 @@ def open_cifar10(source, max_images=None):
     except DatasetToolError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot read CIFAR-10 archive {source}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot read CIFAR-10 archive {source}: {one_line(e)}') from None
     images = np.concatenate(images)
     labels = np.concatenate(labels)
     if labels.shape != (images.shape[0],) or labels.dtype.kind not in 'iu':
@@ -277,7 +270,7 @@ def open_mnist(source, max_images=None):
     except DatasetToolError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot read MNIST files {source}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot read MNIST files {source}: {one_line(e)}') from None
     if images.shape[1:] != (28, 28):
         raise DatasetToolError(f'{source}: MNIST images are 28x28, found {images.shape[2]}x{images.shape[1]}')
     if labels.shape != (images.shape[0],):
@@ -304,7 +297,7 @@ def open_lmdb(source, max_images=None):
         with lmdb.open(source, readonly=True, lock=False) as env:
             entries = env.stat()['entries']
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot open LMDB database {source}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot open LMDB database {source}: {one_line(e)}') from None
     count = entries if max_images is None else min(entries, max_images)
 
     def iterate():
@@ -389,13 +382,6 @@ def transform_image(img, transform=None, resolution=None):
     raise DatasetToolError(f'unknown transform {transform!r} (choose center-crop or center-crop-wide)')
 
 
-def encode_png(img):
-    """Uncompressed PNG bytes (compress_level=0), mode L for 2-D arrays and RGB for 3 channels."""
-    image = PIL.Image.fromarray(img, 'L' if img.ndim == 2 else 'RGB')
-    buf = io.BytesIO()
-    image.save(buf, format='png', compress_level=0, optimize=False)
-    return buf.getvalue()
-
 # ----------------------------------------------------------------------------
 # Destinations, written under a temporary name and renamed at the end.
 
@@ -426,7 +412,7 @@ class _Destination:
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as e:
-            raise DatasetToolError(f'cannot create folder {parent}: {e.strerror or _one_line(e)}') from None
+            raise DatasetToolError(f'cannot create folder {parent}: {e.strerror or one_line(e)}') from None
         self.tmp = os.path.join(parent, f'.{os.path.basename(os.path.normpath(dest))}.tmp-{uuid.uuid4().hex[:12]}')
         try:
             if self.is_zip:
@@ -435,7 +421,7 @@ class _Destination:
                 os.mkdir(self.tmp)
         except OSError as e:
             self._remove_created_dirs()
-            raise DatasetToolError(f'cannot write to {parent}: {e.strerror or _one_line(e)}') from None
+            raise DatasetToolError(f'cannot write to {parent}: {e.strerror or one_line(e)}') from None
 
     def add(self, name, data):
         if self.is_zip:
@@ -547,7 +533,7 @@ def convert_dataset(source, dest, max_images=None, transform=None, resolution=No
             images.close()
         out.abort()
         if isinstance(e, OSError):
-            raise DatasetToolError(f'cannot write {dest}: {_one_line(e)}') from None
+            raise DatasetToolError(f'cannot write {dest}: {one_line(e)}') from None
         raise
     return dict(written=written, skipped=skipped)
 

@@ -5,7 +5,8 @@ import time
 
 import click
 
-from training import demo
+from dnnlib.cli import one_line
+from samplers import demo
 
 
 @click.command(context_settings=dict(terminal_width=80, max_content_width=80))
@@ -41,8 +42,7 @@ def main(dataset, network, outdir, seed, steps, cols, device, trust_pickle):
         path = demo.run(dataset, network=network, outdir=outdir, seed=seed, steps=steps, cols=cols, device=device,
                         trust_pickle=trust_pickle)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise click.ClickException(f'{url}: {first}')
+        raise click.ClickException(f'{url}: {one_line(e)}')
     print(f'Saved "{path}" in {time.time() - start:.1f} s')
 
 

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 import dnnlib
+from dnnlib.cli import one_line
 from samplers import selection, sweeps
 from torch_utils import distributed as dist
 from training.dataset import ImageFolderDataset, ImageShapeError
@@ -51,14 +52,11 @@ class FIDError(click.ClickException):
     def __init__(self, message, collective=False):
         super().__init__(message)
         self.collective = collective
+        self.rank = dist.get_rank()  # Known when raised: the process group is left before the error is shown.
 
     def show(self, file=None):
-        if not (self.collective and dist.get_rank() != 0):
+        if not (self.collective and self.rank != 0):
             super().show(file)
-
-
-def _one_line(text):
-    return ' '.join(str(text).split())
 
 
 def _rank0_first(fn):
@@ -98,7 +96,7 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
     except Exception as e:  # pylint: disable=broad-except
         hint = ('download it elsewhere and pass the local file with --detector=PATH' if trusted else
                 'pass a local TorchScript file with --detector=PATH')
-        raise FIDError(f'cannot load the feature detector {source}: {_one_line(e)}; {hint}') from None
+        raise FIDError(f'cannot load the feature detector {source}: {one_line(e)}; {hint}') from None
 
     is_zip = data[:4] == b'PK\x03\x04'
     try:
@@ -118,7 +116,7 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
     except FIDError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise FIDError(f'cannot load the feature detector {source}: {_one_line(e)}') from None
+        raise FIDError(f'cannot load the feature detector {source}: {one_line(e)}') from None
     if not callable(detector):
         raise FIDError(f'--detector {source}: the file does not hold a callable module')
     if hasattr(detector, 'to'):
@@ -136,7 +134,7 @@ def _worker_error_message(e):
     if 'Original Traceback' in text:
         last = text.strip().splitlines()[-1]
         text = last.split(': ', 1)[1] if ': ' in last else last
-    return _one_line(text)
+    return one_line(text)
 
 
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, num_workers=3,
@@ -157,7 +155,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
     try:
         dataset = ImageFolderDataset(path=image_path, max_size=num_expected, random_seed=seed)
     except IOError as e:
-        raise FIDError(f'cannot read images: {_one_line(e)}', collective=True) from None
+        raise FIDError(f'cannot read images: {one_line(e)}', collective=True) from None
     if num_expected is not None and len(dataset) < num_expected:
         raise FIDError(f'found {len(dataset)} images in {image_path}, but expected at least {num_expected} '
                        '(lower --num to use fewer)', collective=True)
@@ -258,7 +256,7 @@ def load_reference_stats(path_or_url):
             with data:
                 arrays = {key: data[key] for key in data.files}
     except Exception as e:  # pylint: disable=broad-except
-        raise FIDError(f'cannot load reference statistics {path_or_url}: {_one_line(e)}') from None
+        raise FIDError(f'cannot load reference statistics {path_or_url}: {one_line(e)}') from None
     missing = [key for key in ('mu', 'sigma') if key not in arrays]
     if missing:
         raise FIDError(f'reference statistics {path_or_url} lack {" and ".join(missing)} (found keys: '
@@ -316,7 +314,7 @@ def _device_callback(ctx, param, value):
     try:
         device = torch.device(value)
     except RuntimeError as e:
-        raise click.BadParameter(f'{value!r} is not a torch device ({_one_line(e)})', ctx=ctx, param=param)
+        raise click.BadParameter(f'{value!r} is not a torch device ({one_line(e)})', ctx=ctx, param=param)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('CUDA is not available on this machine; use --device=cpu', ctx=ctx, param=param)
     return value
@@ -392,32 +390,42 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
     without --network, scores every ckpt_* folder: a table is printed and
     written to RUN_DIR/fid.json.
     """
-    device = dist.init(device)
+    try:
+        device = dist.init(device)
 
-    def load_ref():
-        dist.print0(f'Loading reference statistics from {ref_path}...')
-        return load_reference_stats(ref_path)
-    mu_ref, sigma_ref = _rank0_first(load_ref)
-    if is_run_dir(image_path):
-        if detector is None or isinstance(detector, str):
-            source = detector
-            detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle))
-        rows = calc_run_dir(image_path, mu_ref, sigma_ref, num_expected=num_expected, seed=seed,
-                            max_batch_size=batch, num_workers=workers, device=device, detector=detector)
+        def load_ref():
+            dist.print0(f'Loading reference statistics from {ref_path}...')
+            return load_reference_stats(ref_path)
+        mu_ref, sigma_ref = _rank0_first(load_ref)
+        if is_run_dir(image_path):
+            _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle,
+                          device, workers)
+            return
+        mu, sigma = calculate_inception_stats(image_path=image_path, num_expected=num_expected, seed=seed,
+                                              max_batch_size=batch, num_workers=workers, device=device,
+                                              detector=detector, trust_pickle=trust_pickle,
+                                              feature_dim=mu_ref.shape[0])
+        dist.print0('Calculating FID...')
         if dist.get_rank() == 0:
-            print(sweeps.format_fid_table(rows))
-            path = os.path.join(image_path, 'fid.json')
-            selection.write_json(path, dict(ref=ref_path, num=num_expected, seed=seed, rows=rows))
-            print(f'Saved the table to {path}')
+            fid = calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
+            print(f'{fid:g}')
         dist.barrier()
-        return
-    mu, sigma = calculate_inception_stats(image_path=image_path, num_expected=num_expected, seed=seed,
-                                          max_batch_size=batch, num_workers=workers, device=device,
-                                          detector=detector, trust_pickle=trust_pickle, feature_dim=mu_ref.shape[0])
-    dist.print0('Calculating FID...')
+    finally:
+        dist.shutdown()  # On every exit path (errors too): a process that exits in the group can abort.
+
+
+def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle, device,
+                  workers):
+    if detector is None or isinstance(detector, str):
+        source = detector
+        detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle))
+    rows = calc_run_dir(run_dir, mu_ref, sigma_ref, num_expected=num_expected, seed=seed, max_batch_size=batch,
+                        num_workers=workers, device=device, detector=detector)
     if dist.get_rank() == 0:
-        fid = calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
-        print(f'{fid:g}')
+        print(sweeps.format_fid_table(rows))
+        path = os.path.join(run_dir, 'fid.json')
+        selection.write_json(path, dict(ref=ref_path, num=num_expected, seed=seed, rows=rows))
+        print(f'Saved the table to {path}')
     dist.barrier()
 
 
@@ -427,17 +435,20 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
 @_common_options
 def ref(dataset_path, dest_path, batch, detector, trust_pickle, device, workers):
     """Calculate reference statistics (mu, sigma) of a dataset for 'calc'."""
-    device = dist.init(device)
-    mu, sigma = calculate_inception_stats(image_path=dataset_path, max_batch_size=batch, num_workers=workers,
-                                          device=device, detector=detector, trust_pickle=trust_pickle)
-    if dist.get_rank() == 0:
-        dist.print0(f'Saving reference statistics to {dest_path}...')
-        try:
-            save_reference_stats(dest_path, mu, sigma)
-        except OSError as e:
-            raise FIDError(f'cannot write {dest_path}: {_one_line(e)}') from None
-    dist.barrier()
-    dist.print0('Done.')
+    try:
+        device = dist.init(device)
+        mu, sigma = calculate_inception_stats(image_path=dataset_path, max_batch_size=batch, num_workers=workers,
+                                              device=device, detector=detector, trust_pickle=trust_pickle)
+        if dist.get_rank() == 0:
+            dist.print0(f'Saving reference statistics to {dest_path}...')
+            try:
+                save_reference_stats(dest_path, mu, sigma)
+            except OSError as e:
+                raise FIDError(f'cannot write {dest_path}: {one_line(e)}') from None
+        dist.barrier()
+        dist.print0('Done.')
+    finally:
+        dist.shutdown()  # On every exit path (errors too): a process that exits in the group can abort.
 
 
 if __name__ == '__main__':

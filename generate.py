@@ -14,7 +14,6 @@ import os
 import pickle
 
 import click
-import torch
 
 import dnnlib
 import samplers

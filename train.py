@@ -107,6 +107,14 @@ def main(**opts):
         if opts[key] is None:
             raise click.ClickException(f'--{key} is required')
     try:
+        _train(opts)
+    finally:
+        dist.shutdown()  # On every exit path (dry run, errors): a process that exits in the group can abort.
+
+
+def _train(opts):
+    """Join the process group, check the options, print them and run the training loop (or stop at --dry-run)."""
+    try:
         device = dist.init(opts.device)
     except RuntimeError as e:
         raise click.ClickException(str(e))
@@ -165,7 +173,6 @@ def main(**opts):
     log = training_loop.log_to_file(os.path.join(run_dir, 'log.txt')) if dist.get_rank() == 0 else None
     with log or contextlib.nullcontext():
         training_loop.training_loop(**c, transfer_net=transfer_net, resume_state=resume_state)
-    dist.shutdown()
 
 
 def _write_json(obj, path):

@@ -1,4 +1,4 @@
-"""Shared pieces of the command-line scripts: option types and one-line error reporting."""
+"""Shared pieces of the command-line scripts: option types, integer lists and one-line error messages."""
 
 import ast
 import re
@@ -29,12 +29,43 @@ def bool_option(*names, default=False, help=None, **kwargs):
                         show_default=True, help=help, **kwargs)
 
 
+def one_line(error):
+    """The message of an exception (or any text) as one line for a CLI error: the first non-empty line with runs of
+    whitespace collapsed; an exception without a message gives its type name."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ''
+    return ' '.join(lines[0].split())
+
+
+def parse_int_list(s):
+    """'1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10]. Raises ValueError with a readable message."""
+    if isinstance(s, (list, tuple)):
+        return [int(v) for v in s]
+    result = []
+    text = str(s).strip().strip('"\'')
+    if not text:
+        raise ValueError('empty list')
+    for part in text.split(','):
+        part = part.strip()
+        match = re.fullmatch(r'(\d+)\s*-\s*(\d+)', part)
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if hi < lo:
+                raise ValueError(f'range "{part}" is empty (end before start)')
+            result.extend(range(lo, hi + 1))
+        elif re.fullmatch(r'\d+', part):
+            result.append(int(part))
+        else:
+            raise ValueError(f'"{part}" is not a non-negative integer or a range like 0-63')
+    return result
+
+
 class IntListType(click.ParamType):
     """Comma-separated integers and ranges: '0-63', '1,2,5-10'."""
     name = 'LIST'
 
     def convert(self, value, param, ctx):
-        from torch_utils.misc import parse_int_list
         if isinstance(value, list):
             return value
         try:

@@ -111,14 +111,16 @@ def test_cifar10_tarball_to_zip(tmp_path):
 
 
 def test_cifar10_rejects_wrong_format(tmp_path):
-    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [{'labels': [0], 'data': np.zeros((1, 100), np.uint8)}] * 5)
+    batch = {'labels': [0], 'data': np.zeros((1, 100), np.uint8)}
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [batch] * 5)
     line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
     assert '3072' in line
     assert not (tmp_path / 'o.zip').exists()
 
 
 def test_cifar10_refuses_foreign_pickle_objects(tmp_path):
-    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [{'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'x': os.path.join}] * 5)
+    batch = {'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'x': os.path.join}
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [batch] * 5)
     line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
     assert 'unexpected object' in line
     assert not (tmp_path / 'o.zip').exists()
@@ -351,6 +353,7 @@ def test_lmdb_without_optional_packages(tmp_path):
     assert not (tmp_path / 'l.zip').exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess_error(tmp_path):
     src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)])
     res = subprocess.run([sys.executable, 'dataset_tool.py', f'--source={src}', f'--dest={tmp_path / "x.zip"}'],

@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 
 import example
+from samplers import demo
 from torch_utils import persistence
-from training import demo
 from training.networks import EDMPrecond
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +81,7 @@ def test_official_checkpoints_by_url_with_recommended_settings(server, tmp_path,
         assert img.size == (side, side) and img.mode == 'RGB'
 
 
+@pytest.mark.slow
 def test_network_override_samples_for_real(server, tmp_path):
     url = (server['folder'] / 'edm-cifar10-32x32-cond-vp.pkl').as_uri()      # file:// URL
     res = subprocess.run([sys.executable, 'example.py', f'--network={url}', '--dataset=cifar10', '--steps=2',
@@ -92,6 +93,7 @@ def test_network_override_samples_for_real(server, tmp_path):
     assert pixels.shape == (320, 64, 3) and pixels.std() > 1      # 10 class rows x 2 columns, not blank.
 
 
+@pytest.mark.slow
 def test_missing_network_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, 'example.py', f'--network={tmp_path}/none.pkl', f'--outdir={tmp_path}'],
                          cwd=ROOT, capture_output=True, text=True)
@@ -100,6 +102,7 @@ def test_missing_network_is_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_bundled_demo_grid(tmp_path):
     assert os.path.getsize(demo.BUNDLED) <= 10 * 2 ** 20
     net = persistence.load_network(demo.BUNDLED)['ema']

@@ -156,6 +156,7 @@ def test_stats_subset_and_grayscale(setup, tmp_path):
 # Command line (subprocess), torchrun.
 
 
+@pytest.mark.slow
 def test_cli_ref_calc_pipeline(setup):
     root = setup['root']
     ref = root / 'refs' / 'set.npz'
@@ -187,6 +188,7 @@ def test_cli_ref_calc_pipeline(setup):
     assert float(res.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(os.path.join(os.path.dirname(
     sys.executable), 'torchrun')), reason='torchrun not found')
 def test_torchrun_two_processes_match_one(setup):
@@ -206,6 +208,21 @@ def test_torchrun_two_processes_match_one(setup):
         # Same batches on 1 or 2 ranks (EDM's split), so only the float64 summation order differs.
         np.testing.assert_allclose(b['mu'], a['mu'], rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(b['sigma'], a['sigma'], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(os.path.join(os.path.dirname(
+    sys.executable), 'torchrun')), reason='torchrun not found')
+def test_torchrun_error_is_one_line_and_every_rank_exits_cleanly(setup):
+    torchrun = shutil.which('torchrun') or os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    res = subprocess.run([torchrun, '--standalone', '--nproc_per_node=2', 'fid.py', 'calc', f'--images={setup["zip"]}',
+                          f'--ref={setup["root"] / "missing.npz"}', f'--detector={setup["det_path"]}', '--device=cpu',
+                          '--workers=0'], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.splitlines() if line.startswith('Error')]
+    assert len(lines) == 1 and 'cannot load reference statistics' in lines[0], res.stderr
+    # The ranks leave the process group before exiting: no abort at exit (SIGABRT, "terminate called ...").
+    assert 'SIGABRT' not in res.stderr and 'terminate called' not in res.stderr, res.stderr
 
 # ----------------------------------------------------------------------------
 # Errors: one line, nothing written.
@@ -291,6 +308,7 @@ def live_fid_help():
     return text
 
 
+@pytest.mark.slow
 def test_help_file_is_current():
     with open(os.path.join(ROOT, 'docs', 'fid-help.txt'), encoding='utf-8') as f:
         assert f.read() == live_fid_help(), 'docs/fid-help.txt is stale: regenerate with python tests/test_fid.py'

@@ -123,6 +123,7 @@ def test_fast_solver_and_ablation_run(nets, tmp_path):
     assert 'NFE = 7' in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,message', [
     (['--network={missing}'], "Invalid value for '?--network.*no such file"),
     (['--network={cond}', '--seeds=0-x'], "Invalid value for '?--seeds"),
@@ -149,6 +150,7 @@ def test_errors_are_one_line(nets, tmp_path, args, message):
     assert len([line for line in res.stderr.splitlines() if line.startswith('Error')]) == 1
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_single_process(nets, tmp_path):
     common = [f'--network={nets["cond"]}', '--seeds=0-4', '--steps=3', '--device=cpu']
     single = subprocess.run([sys.executable, 'generate.py', f'--outdir={tmp_path / "one"}', '--batch=5', *common],

@@ -210,6 +210,7 @@ def test_load_network_rejects_non_checkpoints(tmp_path):
         persistence.load_network(str(path))
 
 
+@pytest.mark.slow
 def test_recompile_cli(evil_pickle, tmp_path):
     net, data = evil_pickle
     src = tmp_path / 'official.pkl'

@@ -213,7 +213,8 @@ def test_overridden_noise_drives_training(data, tmp_path, uniform_precond):
 
 def test_resumed_fine_tune_keeps_its_ema_schedule(data, tmp_path):
     # A fine-tune has no EMA ramp-up; the resumed run (which cannot repeat --transfer) must continue without one.
-    assert run_train(f'--outdir={tmp_path / "src"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1)).exit_code == 0
+    res = run_train(f'--outdir={tmp_path / "src"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1))
+    assert res.exit_code == 0, res.output
     source = os.path.join(only_run_dir(tmp_path / 'src'), 'network-snapshot-000000.pkl')
     common = [f'--data={data["cond"]}', '--cond=1', *TINY, '--ema=0.001', '--tick=1', '--snap=1', '--dump=1']
     assert run_train(f'--outdir={tmp_path / "full"}', *common, steps(4), f'--transfer={source}').exit_code == 0
@@ -308,6 +309,7 @@ def test_incompatible_resume_and_transfer_are_refused(data, tmp_path):
     assert not os.path.exists(tmp_path / 'b')
 
 
+@pytest.mark.slow
 def test_published_research_command_fails_with_one_line(data, tmp_path):
     # The 2nd-order SDE sampler project's training command (commands.md), scaled down to the tiny dataset.
     cmd = [sys.executable, 'train.py', f'--outdir={tmp_path}', f'--data={data["cond"]}', '--cond=1', '--arch=adm',

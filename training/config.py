@@ -9,6 +9,7 @@ import os
 import re
 
 import dnnlib
+from dnnlib.cli import one_line
 
 # ----------------------------------------------------------------------------
 # Registries.
@@ -43,7 +44,7 @@ FDM_MULTIPLIER = 2.0    # FDM train.py's default --fdm_multiplier.
 PFGMPP_AUG_DIM = 128    # PFGM++ train.py's default --aug_dim.
 STF_RBATCH = 4096       # PFGM++ train.py's default --rbatch.
 
-# Formulations of the united projects that are planned but not implemented yet.
+# Formulations planned on the same foundation (README.md) but not implemented yet.
 PLANNED_PRECONDS = {
     'cld': 'CLD (critically-damped Langevin, gDDIM)',
 }
@@ -171,7 +172,7 @@ def check_dataset(c):
         resolution, channels, size = dataset.resolution, dataset.num_channels, len(dataset)
         has_labels = dataset.has_labels
     except (IOError, OSError, ValueError, AssertionError) as e:
-        raise ConfigError(f'--data={path}: {_first_line(e)}') from e
+        raise ConfigError(f'--data={path}: {one_line(e)}') from e
     if c.dataset_kwargs.use_labels and not has_labels:
         raise ConfigError(f'--cond=1 needs class labels, but {path} has none (no "labels" in dataset.json); '
                           'use --cond=0 or a labelled dataset')
@@ -184,10 +185,6 @@ def check_dataset(c):
     c.dataset_info = dnnlib.EasyDict(resolution=resolution, channels=channels, label_dim=label_dim, size=size)
     return dataset.name
 
-
-def _first_line(e):
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 # ----------------------------------------------------------------------------
 # Run directory.

@@ -2,12 +2,14 @@
 
 `Dataset` holds what every dataset shares (index subset, x-flips, labels, cache); `ImageFolderDataset` reads
 the images. Items are ``(uint8 CHW numpy array, float32 label)``; the training loop maps pixels with
-``x / 127.5 - 1``.
+``x / 127.5 - 1``. `archive_name` and `encode_png` write the same layout (dataset_tool.py,
+training/demo_data.py).
 
 Worker safety: a zip archive is opened lazily by each process that reads from it (DataLoader workers included)
 and the open handle is never pickled, so datasets can be handed to worker processes (fork or spawn).
 """
 
+import io
 import json
 import os
 import zipfile
@@ -274,3 +276,20 @@ class ImageFolderDataset(Dataset):
                           f'({len(missing)} image(s) without a label)')
         labels = np.array([labels[f.replace('\\', '/')] for f in self._image_fnames])
         return labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
+
+# ----------------------------------------------------------------------------
+# Writing the layout (dataset_tool.py and small in-memory datasets).
+
+
+def archive_name(index):
+    """EDM's name for image number `index`: the first five digits of the 8-digit index name the sub-folder."""
+    digits = f'{index:08d}'
+    return f'{digits[:5]}/img{digits}.png'
+
+
+def encode_png(img):
+    """Uncompressed PNG bytes (compress_level=0), mode L for 2-D uint8 arrays and RGB for [H, W, 3]."""
+    image = PIL.Image.fromarray(img, 'L' if img.ndim == 2 else 'RGB')
+    buf = io.BytesIO()
+    image.save(buf, format='png', compress_level=0, optimize=False)
+    return buf.getvalue()

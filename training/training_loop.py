@@ -37,6 +37,7 @@ import psutil
 import torch
 
 import dnnlib
+from dnnlib.cli import one_line
 from torch_utils import distributed as dist
 from torch_utils import misc, persistence, training_stats
 from training.config import ConfigError
@@ -136,8 +137,7 @@ def load_training_state(path):
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f'--resume={path}: not a training state of this toolkit ({first})') from e
+        raise ConfigError(f'--resume={path}: not a training state of this toolkit ({one_line(e)})') from e
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise ConfigError(f'--resume={path}: not a training state of this toolkit')
     if state.get('version') != STATE_VERSION:
@@ -168,8 +168,7 @@ def load_transfer(path, c):
     try:
         net = persistence.load_network(path)['ema']
     except Exception as e:  # pylint: disable=broad-except
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f'--transfer={path}: cannot load the network ({first})') from e
+        raise ConfigError(f'--transfer={path}: cannot load the network ({one_line(e)})') from e
     info = c.dataset_info
     for attr, want in (('img_resolution', info.resolution), ('img_channels', info.channels),
                        ('label_dim', info.label_dim)):

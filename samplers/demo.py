@@ -10,9 +10,10 @@ import os
 import numpy as np
 import torch
 
-from samplers.edm import edm_sampler
-from samplers.generation import make_grid, save_png, to_uint8
 from torch_utils import persistence
+
+from .edm import edm_sampler
+from .generation import make_grid, save_png, to_uint8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = os.path.join(ROOT, 'checkpoints', 'edm-digits-16x16-cond-ddpmpp.pkl')
