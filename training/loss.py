@@ -29,7 +29,7 @@ def fdm_warmup_cap(step, warmup_ite, start=5.0, end=500.0):
     The cap grows geometrically, c_k = 5 * 100^(k / W) with W = `warmup_ite`, and is removed (not held at 500) once
     it reaches 500, after about W steps (Wu et al. 2023, FDM code). W None or 0: no cap.
     """
-    if not warmup_ite:
+    if not warmup_ite or step > 2 * warmup_ite:    # (the cap is past 500 long before 2 W steps)
         return None
     cap = start * float(np.exp(np.log(end / start) / warmup_ite)) ** int(step)
     return cap if cap < end else None
