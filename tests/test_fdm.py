@@ -103,8 +103,8 @@ def test_input_factor_matches_the_fdm_code(fdm_values, name, cls, multiplier):
     for ours, theirs in zip((c_skip, c_out, c_noise), [v for i, v in enumerate(baseline.scalings(sigma)) if i != 2]):
         torch.testing.assert_close(torch.as_tensor(ours, dtype=torch.float32).expand(14, 1, 1, 1),
                                    torch.as_tensor(theirs, dtype=torch.float32).expand(14, 1, 1, 1))
-    assert (net.sigma_min, net.sigma_max) == dict(fdm_edm=(0.002, 80.0), fdm_vp=(0.0009765625, pytest.approx(152.167, rel=1e-6)),
-                                                  fdm_ve=(0.02, 100))[kind]
+    ranges = dict(fdm_edm=(0.002, 80.0), fdm_vp=(0.0009765625, pytest.approx(152.167, rel=1e-6)), fdm_ve=(0.02, 100))
+    assert (net.sigma_min, net.sigma_max) == ranges[kind]
 
 
 @pytest.mark.parametrize('warmup_ite', ['200', '400'])
@@ -186,7 +186,8 @@ def test_resume_inside_the_warmup_equals_an_uninterrupted_run(data, tmp_path):
     for name, tensor in full['net'].items():
         torch.testing.assert_close(resumed['net'][name], tensor, rtol=1e-6, atol=1e-6, msg=name)
     # The warm-up was active: without it the same run ends elsewhere.
-    assert run_train(f'--outdir={tmp_path / "plain"}', *[a for a in common if 'warmup' not in a], steps(6)).exit_code == 0
+    plain_args = [a for a in common if 'warmup' not in a]
+    assert run_train(f'--outdir={tmp_path / "plain"}', *plain_args, steps(6)).exit_code == 0
     plain = final_state(only_run_dir(tmp_path / 'plain'))
     assert max(float((plain['net'][k] - full['net'][k]).abs().max()) for k in full['net']) > 1e-4
 
