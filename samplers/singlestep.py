@@ -111,6 +111,6 @@ register_solver(SolverSpec(
     'dpmpp_singlestep', dpmpp_singlestep, dict(max_order=3, denoise=True), max_order=3, order=3,
     nfe=lambda n, options: n if options['denoise'] else n - 1, prepare=_prepare, schedule=singlestep_schedule,
     state_dtype=torch.float64, teacher=False,
-    doc='singlestep DPM-Solver++ as in FDM (logSNR steps, final denoising, NFE = num_steps)'))
+    doc='singlestep DPM-Solver++ (FDM)'))
 
 __all__ = ['singlestep_orders', 'singlestep_schedule', 'dpmpp_singlestep']
