@@ -263,8 +263,9 @@ def test_raw_unet_jvp_matches_finite_difference(kind):
     net = _randomize(net, 1).eval().double()
     assert any(isinstance(m, networks.UNetBlock) and m.num_heads for m in net.modules())  # attention is exercised
     g = torch.Generator().manual_seed(4)
-    primals = (torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64), torch.tensor([-1.2, 0.7], dtype=torch.float64),
-               torch.eye(3, dtype=torch.float64)[:2], torch.randn(2, 2, generator=g, dtype=torch.float64))
+    primals = (torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64),
+               torch.tensor([-1.2, 0.7], dtype=torch.float64), torch.eye(3, dtype=torch.float64)[:2],
+               torch.randn(2, 2, generator=g, dtype=torch.float64))
     tangents = tuple(torch.randn(p.shape, generator=g, dtype=torch.float64) for p in primals)
 
     def f(x, noise, labels, aug):
