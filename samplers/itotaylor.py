@@ -7,7 +7,7 @@ beta(t) = lambda^2 / t (`langevin` = lambda) reads
 
 lambda = 0 is the probability-flow ODE, lambda = 1 the standard reverse-time SDE (drift 2 (D - x) / t, noise
 sqrt(2 t)). Noise is additive (b depends on t only), so the weak-order-2 / strong-order-1.5 Taylor scheme of
-Kloeden & Platen (1992, eq. 10.4.1 / 14.2.1 for additive noise) over a step t -> t' = t - h is
+Kloeden & Platen (1992, ch. 10 and 14, additive noise) over a step t -> t' = t - h is
 
     x' = x + h A + b dW + (L^1 A) dZ + h^2/2 L^0 A + (L^0 b)(h dW - dZ),
     L^0 A = d_tau A + (grad A) A + b^2/2 Lap A,   L^1 A dZ = b (grad A) dZ,   L^0 b = -db/dt.
@@ -21,11 +21,12 @@ term is one Jacobian-vector product with the tangent (v_x, v_sigma) = (h^2/2 A +
 
 For lambda = 0 this is the deterministic Taylor-2 step x' = x + dsigma f - dsigma^2 / (2 sigma) (J f + d_sigma D),
 f = (x - D) / sigma, dsigma = t' - t. The increments per element are dW = sqrt(h) xi_1 and
-dZ = h^(3/2) (xi_1 + xi_2 / sqrt(3)) / 2 (Var dW = h, Var dZ = h^3/3, Cov = h^2/2; Kloeden & Platen, eq. 10.4.3),
-xi_i from the per-seed `randn_like`. Lap D (zero for Gaussian data) is estimated without bias from one probe per
-step, a Rademacher vector v with E[v v^T] = I: 'hutchinson' takes d^2 D[v, v] from a nested (forward-over-forward)
-JVP (Hutchinson 1990), 'symmetric' the central second difference of D along v, 'none' drops the term (the scheme
-is then weak order 1 on non-Gaussian data). docs/itotaylor.md has the derivation, measured orders and costs.
+dZ = h^(3/2) (xi_1 + xi_2 / sqrt(3)) / 2 (Var dW = h, Var dZ = h^3/3, Cov = h^2/2; Kloeden & Platen, ch. 10),
+xi_i from the per-seed `randn_like`. Lap D (zero for Gaussian data) is estimated from one probe per step, a
+Rademacher vector v with E[v v^T] = I: 'hutchinson' takes d^2 D[v, v] from a nested (forward-over-forward) JVP
+(unbiased; Hutchinson 1990), 'symmetric' the central second difference of D along v (unbiased up to O(step^2)),
+'none' drops the term (the scheme is then weak order 1 on non-Gaussian data). docs/itotaylor.md has the
+derivation, the measured orders and costs, and the comparison of the two estimators.
 
 Cost per step (network-evaluation equivalents, see `itotaylor_cost`): a noisy step is one nested JVP (which also
 returns D) plus one JVP with 'hutchinson', three forward passes plus one JVP with 'symmetric'; a noise-free step
@@ -58,7 +59,7 @@ def sde_coefficients(t, langevin):
 
 
 def increments(randn_like, x, h):
-    """The correlated pair (dW, dZ = int_0^h W dr) per element over a step of length h (Kloeden & Platen, eq. 10.4.3).
+    """The correlated pair (dW, dZ = int_0^h W dr) per element over a step of length h (Kloeden & Platen, ch. 10).
 
     Draws two standard normal tensors from `randn_like`, in this order.
     """
@@ -135,7 +136,8 @@ def euler_maruyama_step(net, x, t_cur, t_next, class_labels=None, *, langevin=1.
     """One Euler–Maruyama step x' = x + h A + b dW of the same SDE; returns (x_next, D(x; t_cur))."""
     tf, h = float(t_cur), float(t_cur) - float(t_next)
     c, b, _ = sde_coefficients(tf, langevin)
-    denoised = _denoiser(net, class_labels, model_kwargs, x.dtype)(x, torch.as_tensor(t_cur, dtype=x.dtype))
+    t = torch.as_tensor(t_cur, dtype=x.dtype, device=x.device)
+    denoised = _denoiser(net, class_labels, model_kwargs, x.dtype)(x, t)
     x_next = x + h * c * (denoised - x) / tf
     return (x_next + b * dW if langevin > 0 else x_next), denoised
 
@@ -154,7 +156,7 @@ def _check(t_steps, langevin, laplacian, x):
     return t
 
 
-def _run(step, net, x, t_steps, class_labels, randn_like, langevin, S_min, S_max, callback, model_kwargs):
+def _run(step, net, x, t_steps, class_labels, langevin, S_min, S_max, callback, model_kwargs):
     x = x.to(torch.float64)
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         if float(t_next) == 0:  # EDM: the last step is Euler to sigma = 0, i.e. x' = D(x; t_{N-1}).
@@ -192,7 +194,7 @@ def itotaylor(net, x, t_steps, class_labels=None, *, randn_like, langevin=1.0, S
                               laplacian=laplacian, model_kwargs=model_kwargs)
 
     with torch.no_grad():
-        return _run(step, net, x, t_steps, class_labels, randn_like, langevin, S_min, S_max, callback, model_kwargs)
+        return _run(step, net, x, t_steps, class_labels, langevin, S_min, S_max, callback, model_kwargs)
 
 
 def euler_maruyama(net, x, t_steps, class_labels=None, *, randn_like, langevin=1.0, S_min=0.0, S_max=float('inf'),
@@ -209,7 +211,7 @@ def euler_maruyama(net, x, t_steps, class_labels=None, *, randn_like, langevin=1
                                    model_kwargs=model_kwargs)
 
     with torch.no_grad():
-        return _run(step, net, x, t_steps, class_labels, randn_like, langevin, S_min, S_max, callback, model_kwargs)
+        return _run(step, net, x, t_steps, class_labels, langevin, S_min, S_max, callback, model_kwargs)
 
 
 def itotaylor_cost(num_steps, *, langevin=1.0, laplacian=DEFAULT_LAPLACIAN, S_min=0.0, S_max=float('inf'),
