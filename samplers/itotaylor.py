@@ -38,6 +38,8 @@ import math
 
 import torch
 
+from .stepping import StepRecord
+
 LAPLACIAN_METHODS = ('hutchinson', 'symmetric', 'none')
 DEFAULT_LAPLACIAN = 'hutchinson'
 SYMMETRIC_REL_STEP = 0.3  # 'symmetric': probe step eta * t / sqrt(dim), i.e. |step| = eta * t (docs/itotaylor.md).
@@ -166,7 +168,7 @@ def _run(step, net, x, t_steps, class_labels, langevin, S_min, S_max, callback, 
             lam = langevin if S_min <= float(t_cur) <= S_max else 0.0
             x_next, denoised = step(x, t_cur, t_next, lam)
         if callback is not None:
-            callback(i, t_cur, t_next, x, x_next, (x - denoised) / t_cur)
+            callback(StepRecord(i, t_cur, t_next, x, x_next, (x - denoised) / t_cur))
         x = x_next
     return x
 
@@ -180,8 +182,9 @@ def itotaylor(net, x, t_steps, class_labels=None, *, randn_like, langevin=1.0, S
     t_cur lies in [S_min, S_max]; the other steps are deterministic Taylor-2 steps of the PF-ODE. The last step
     to 0 is EDM's Euler step (denoising). randn_like: the per-seed noise source; each noisy step draws two tensors
     for (dW, dZ) and, with a Laplacian estimate, one more for the probe. laplacian: 'hutchinson', 'symmetric' or
-    'none' (see `laplacian_estimate`). callback(i, t_cur, t_next, x_cur, x_next, d_cur) after every step, with
-    d_cur = (x_cur - D(x_cur; t_cur)) / t_cur. Cost: `itotaylor_cost`.
+    'none' (see `laplacian_estimate`). callback(samplers.stepping.StepRecord) after every step, with
+    d_cur = (x_cur - D(x_cur; t_cur)) / t_cur. Cost: `itotaylor_cost`. The signature is that of an 'edm'-kind
+    solver of `samplers.registry`.
     """
     t_steps = _check(t_steps, langevin, laplacian, x)
 

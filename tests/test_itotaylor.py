@@ -221,7 +221,7 @@ def test_last_step_denoises_and_callback():
     t = edm_schedule(net, 5, 0.002, 80, 7)
     seen = []
     x = itotaylor(net, torch.randn(2, 2, 2, 2, dtype=torch.float64) * 80, t, randn_like=torch.randn_like,
-                  callback=lambda i, tc, tn, xc, xn, d: seen.append((i, float(tc), float(tn), xc, xn, d)))
+                  callback=lambda r: seen.append((r.i, float(r.t_cur), float(r.t_next), r.x_cur, r.x_next, r.d_cur)))
     assert [s[:3] for s in seen] == [(i, float(t[i]), float(t[i + 1])) for i in range(5)]
     i, tc, _, x_cur, x_next, d = seen[-1]
     assert torch.equal(x, x_next) and torch.allclose(x_next, net(x_cur, tc), rtol=0, atol=1e-14)
