@@ -19,6 +19,8 @@ import pickle
 
 import torch
 
+from dnnlib.util import atomic_path
+
 from . import persistence
 
 LEGACY_TOL = 1e-6  # max |rebuilt - legacy| / max(1, max |legacy|)
@@ -106,7 +108,6 @@ def recompile(source, dest, trust_pickle=False):
     The file is written atomically and only if every check passes. With `trust_pickle=True` the source is first
     read the legacy way (running its embedded code), then rebuilt through the safe path, and the two are compared.
     """
-    from dnnlib.util import atomic_path
     data = persistence.load_network(source, trust_pickle=trust_pickle)
     legacy = None
     if trust_pickle:  # Legacy objects: rebuild them through the safe path from their pickled form.
