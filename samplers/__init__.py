@@ -17,6 +17,8 @@ Public API (stable):
     samplers.solver_defaults(solver)      # accepted options and their defaults
     samplers.StepRecord                   # what callbacks receive
     samplers.gaussian_prior               # the default prior hook (see samplers.priors)
+    samplers.pfgmpp.student_t_prior(D)    # PFGM++'s prior hook (docs/fdm_pfgmpp.md)
+    samplers.sweeps                       # checkpoint and robustness sweeps of a run directory
 
 `num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning) for 'ode' solvers, and noise
 levels before the final zero (EDM's meaning) for 'edm' solvers. See docs/samplers.md for accuracy numbers and
