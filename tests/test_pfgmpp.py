@@ -183,6 +183,22 @@ def test_stf_reference_images_reach_the_loss(data, tmp_path):   # noqa: F811
     assert max(float((a['net'][k] - b['net'][k]).abs().max()) for k in a['net']) > 1e-5
 
 
+def test_stf_run_resumes_exactly(data, tmp_path):   # noqa: F811
+    # The reference stream continues from the optimizer step count; the kernel's draws from the saved RNG states.
+    common = [f'--data={data}', '--cond=1', *TINY, '--pfgmpp=1', '--aug_dim=64', '--stf=1', '--rbatch=20',
+              '--tick=1', '--snap=1', '--dump=1']
+    assert run_train(f'--outdir={tmp_path / "full"}', *common, steps(4)).exit_code == 0
+    assert run_train(f'--outdir={tmp_path / "part"}', *common, steps(2)).exit_code == 0
+    state_file = os.path.join(only_run_dir(tmp_path / 'part'), 'training-state-000000.pt')
+    assert run_train(f'--outdir={tmp_path / "part"}', *common, steps(4), f'--resume={state_file}').exit_code == 0
+    full = torch.load(os.path.join(only_run_dir(tmp_path / 'full'), 'training-state-000000.pt'), weights_only=True)
+    resumed_dir = os.path.join(tmp_path / 'part', sorted(os.listdir(tmp_path / 'part'))[-1])
+    resumed = torch.load(os.path.join(resumed_dir, 'training-state-000000.pt'), weights_only=True)
+    assert full['cur_step'] == resumed['cur_step'] == 4
+    for name, tensor in full['net'].items():
+        torch.testing.assert_close(resumed['net'][name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+
+
 def test_published_pfgmpp_train_command_and_refusals(data, tmp_path):   # noqa: F811
     res = run_train(f'--outdir={tmp_path}', '--name', 'exp_name', f'--data={data}', '--cond=0', '--arch=ncsnpp',
                     '--pfgmpp=1', '--batch', '512', '--aug_dim', '2048', '--dry-run')

@@ -356,10 +356,11 @@ def training_loop(
                                 schedule=dict(ema_rampup_ratio=ema_rampup_ratio, lr_rampup_kimg=lr_rampup_kimg)))
     steps = 0
     done = cur_nimg >= total_nimg
-    if num_references:
+    if num_references:   # Its own generator: creating the iterator must not draw from the global one.
         reference_iterator = iter(torch.utils.data.DataLoader(
             SampleStream(dataset_obj, seed, stream=1), sampler=StreamSampler(cur_step * num_references),
-            batch_size=num_references, pin_memory=(device.type == 'cuda'), **loader_kwargs))
+            batch_size=num_references, pin_memory=(device.type == 'cuda'),
+            generator=torch.Generator().manual_seed(seed), **loader_kwargs))
     while not done:
         # Accumulate gradients over the rounds; DDP synchronises on the last one.
         optimizer.zero_grad(set_to_none=True)
