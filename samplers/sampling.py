@@ -3,12 +3,32 @@
 import torch
 
 from .priors import resolve_prior
-from .registry import get_solver
-from .schedules import as_schedule, clip_sigma_range, edm_schedule, get_schedule
+from .registry import get_solver, solver_names
+from .schedules import as_schedule, clip_sigma_range, edm_schedule, gddim_schedule, get_schedule
 from .stepping import integrate
 
 DEFAULT_NUM_STEPS = 7  # GITS toolbox default: 7 timestamps = 6 steps
 EDM_DEFAULT_NUM_STEPS = 18
+CLD_DEFAULT_NUM_STEPS = 50  # gDDIM's CIFAR-10 setting (NFE 50 with the final denoising call)
+
+
+def check_net(net, spec):
+    """ValueError (one line) unless `net` is the kind of model the solver needs: a CLD net (one with a `cld`
+    process, `samplers.cld`) for needs='cld', a scalar-sigma denoiser otherwise."""
+    is_cld = getattr(net, 'cld', None) is not None
+    if spec.needs == 'cld' and not is_cld:
+        raise ValueError(f'solver {spec.name!r} samples CLD nets (with a `cld` process); {type(net).__name__} is a '
+                         f'scalar-sigma denoiser')
+    if spec.needs != 'cld' and is_cld:
+        raise ValueError(f'solver {spec.name!r} needs a scalar-sigma denoiser, but {type(net).__name__} is a CLD net; '
+                         f'use solver={" or ".join(repr(n) for n in solver_names(kind="cld"))}')
+
+
+def _explicit_steps(t_steps, num_steps, device, dtype):
+    t = as_schedule(t_steps, device=device, dtype=dtype)
+    if num_steps is not None and int(num_steps) != len(t):
+        raise ValueError(f'num_steps={num_steps} does not match the {len(t)} entries of t_steps')
+    return t
 
 
 def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=None, sigma_min=0.002, sigma_max=80,
@@ -40,34 +60,39 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
     """
     spec = get_solver(solver)
     options = spec.check_options(solver_options)
+    check_net(net, spec)
     if randn_like is None:
         randn_like = torch.randn_like if generator is None else generator.randn_like
     device = latents.device
-    if spec.kind == 'edm':
-        problems = [name for name, bad in (('t_steps', t_steps is not None), ('afs', afs),
+    dtype = torch.float64 if latents.dtype == torch.float64 else torch.float32
+    if spec.kind in ('edm', 'cld'):
+        problems = [name for name, bad in (('t_steps', t_steps is not None and spec.kind == 'edm'), ('afs', afs),
                                            ('denoise_to_zero', denoise_to_zero),
                                            (f'schedule_type={schedule_type!r}', schedule_type != 'polynomial')) if bad]
         if problems:
-            raise ValueError(f"solver {solver!r} (EDM's schedule) does not support {', '.join(problems)}")
+            schedule = "EDM's schedule" if spec.kind == 'edm' else "gDDIM's time grid"
+            raise ValueError(f"solver {solver!r} ({schedule}) does not support {', '.join(problems)}")
+    if spec.kind == 'edm':
         num_steps = EDM_DEFAULT_NUM_STEPS if num_steps is None else int(num_steps)
         if num_steps < 2:
             raise ValueError(f'solver {solver!r} needs num_steps >= 2 (got {num_steps})')
         dtype = torch.float64
         t = edm_schedule(net, num_steps, sigma_min, sigma_max, schedule_rho, device=device)
-    else:
-        dtype = torch.float64 if latents.dtype == torch.float64 else torch.float32
+    elif spec.kind == 'cld':
         if t_steps is not None:
-            t = as_schedule(t_steps, device=device, dtype=dtype)
-            if num_steps is not None and int(num_steps) != len(t):
-                raise ValueError(f'num_steps={num_steps} does not match the {len(t)} entries of t_steps')
+            t = _explicit_steps(t_steps, num_steps, device, torch.float64)
         else:
-            lo, hi = clip_sigma_range(net, sigma_min, sigma_max)
-            t = get_schedule(DEFAULT_NUM_STEPS if num_steps is None else num_steps, lo, hi, schedule_type,
-                             schedule_rho, net=net, device=device, dtype=dtype)
-        if spec.prepare is not None:
-            options = spec.prepare(t, **options)
+            t = gddim_schedule(CLD_DEFAULT_NUM_STEPS if num_steps is None else num_steps, device=device)
+    elif t_steps is not None:
+        t = _explicit_steps(t_steps, num_steps, device, dtype)
+    else:
+        lo, hi = clip_sigma_range(net, sigma_min, sigma_max)
+        t = get_schedule(DEFAULT_NUM_STEPS if num_steps is None else num_steps, lo, hi, schedule_type,
+                         schedule_rho, net=net, device=device, dtype=dtype)
+    if spec.prepare is not None:
+        options = spec.prepare(t, **options)
 
-    x = resolve_prior(net, prior)(latents.to(dtype), t[0], generator)
+    x = resolve_prior(net, prior, spec.kind)(latents.to(dtype), t[0], generator)
     trajectory = [x] if return_trajectory else None
 
     def record(step):
@@ -77,7 +102,7 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
             callback(step)
 
     hook = record if (callback is not None or return_trajectory) else None
-    if spec.kind == 'edm':
+    if spec.kind in ('edm', 'cld'):
         x = spec.fn(net, x, t, class_labels, randn_like=randn_like, callback=hook, model_kwargs=model_kwargs,
                     **options)
     else:
@@ -90,4 +115,4 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
     return (x, torch.stack(trajectory)) if return_trajectory else x
 
 
-__all__ = ['sample', 'DEFAULT_NUM_STEPS', 'EDM_DEFAULT_NUM_STEPS']
+__all__ = ['sample', 'check_net', 'DEFAULT_NUM_STEPS', 'EDM_DEFAULT_NUM_STEPS', 'CLD_DEFAULT_NUM_STEPS']

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from samplers.cld import CLD, GaussianCLD, GaussianMixtureCLD, apply, split, stack
+from samplers.analytic import GaussianCLD, GaussianMixtureCLD
 from samplers.gddim import euler_maruyama, gddim, sdeis_coefficients, time_steps
 from torch_utils.misc import StackedRandomGenerator
 from training import cld as training_cld
+from training.cld import CLD
+
+apply, split, stack = CLD.apply, CLD.split, CLD.stack
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -122,7 +125,7 @@ def test_mixture_oracle_is_the_scaled_score():
     # Two identical components are one Gaussian.
     mean = torch.rand(1, 2, 2, generator=g, **F64)
     twin = GaussianMixtureCLD(torch.stack([mean, mean]), 0.09, cld=cld)
-    assert torch.allclose(twin(u, t), GaussianCLD(mean, 0.09, cld)(u, t), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(twin(u, t), GaussianCLD(mean, 0.09, cld=cld)(u, t), rtol=1e-12, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def _var_error(net, sampler, n, **options):
 
 @pytest.mark.parametrize('max_order,langevin', [(1, 0), (2, 0), (3, 0), (4, 0), (1, 0.5), (1, 1)])
 def test_gddim_is_exact_for_point_mass_data(max_order, langevin):
-    net = GaussianCLD(torch.full([1, 1, 1], 0.3), 0.0)
+    net = GaussianCLD(torch.full([1, 1, 1], 0.3), 0.0, cld=CLD())
     for n in [1, 2, 7] if langevin else [1, 2, 7, 50]:
         mean, cov, mean_exact, cov_exact = _propagate(net, gddim, n, max_order=max_order, langevin=langevin)
         assert float((mean - mean_exact).abs().max()) < 1e-13
@@ -183,7 +186,7 @@ ORDERS = [(1, [40, 80, 160, 320], [0.23, 0.125, 0.066, 0.034]),
 
 @pytest.mark.parametrize('max_order,steps,reference', ORDERS)
 def test_gddim_convergence_order_on_gaussian_data(max_order, steps, reference):
-    net = GaussianCLD(torch.zeros(1, 1, 1), 0.25)
+    net = GaussianCLD(torch.zeros(1, 1, 1), 0.25, cld=CLD())
     errors = [_var_error(net, gddim, n, max_order=max_order) for n in steps]
     np.testing.assert_allclose(errors, reference, rtol=0.06)
     assert _slope(steps, errors) >= 0.85 * max_order
@@ -192,7 +195,7 @@ def test_gddim_convergence_order_on_gaussian_data(max_order, steps, reference):
 def test_gddim_beats_euler_maruyama_at_equal_nfe():
     # Every order beats Euler on the same probability-flow ODE by orders of magnitude; the default max_order=3
     # (and 4) also beats Euler-Maruyama on the reverse SDE (docs/cld_gddim.md lists the ratios).
-    net = GaussianCLD(torch.zeros(1, 1, 1), 0.25)
+    net = GaussianCLD(torch.zeros(1, 1, 1), 0.25, cld=CLD())
     for n in [10, 20, 50]:
         em_ode = _var_error(net, euler_maruyama, n, langevin=0)
         em_sde = _var_error(net, euler_maruyama, n, langevin=1)
@@ -203,7 +206,7 @@ def test_gddim_beats_euler_maruyama_at_equal_nfe():
 
 
 def test_stochastic_gddim_matches_reverse_sde_marginals():
-    net = GaussianCLD(torch.zeros(1, 1, 1), 0.25)
+    net = GaussianCLD(torch.zeros(1, 1, 1), 0.25, cld=CLD())
     steps = [20, 40, 80, 160]
     errors = []
     for n in steps:
@@ -226,7 +229,7 @@ def test_stochastic_coefficients_match_the_closed_form_at_lambda_one():
 
 
 def test_sampler_contract_nfe_and_per_seed_noise():
-    net = GaussianMixtureCLD(torch.tensor([[[[-0.5]]], [[[0.5]]]]).expand(2, 1, 2, 2), 0.01)
+    net = GaussianMixtureCLD(torch.tensor([[[[-0.5]]], [[[0.5]]]]).expand(2, 1, 2, 2), 0.01, cld=CLD())
     calls = []
 
     def counting(u, t, class_labels=None):
@@ -265,7 +268,7 @@ def test_loss_of_the_exact_oracle_is_the_analytic_minimum():
     cld = CLD()
     g = torch.Generator().manual_seed(2)
     mean = torch.rand(1, 4, 4, generator=g, **F64) - 0.5
-    oracle = GaussianCLD(mean, 0.16, cld)
+    oracle = GaussianCLD(mean, 0.16, cld=cld)
     loss_fn = training_cld.CLDLoss()
     n = 2000
     images = oracle.sample(n, g)
