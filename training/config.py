@@ -29,12 +29,14 @@ PRECONDS = {
     've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={}),
     'edm': dict(network='training.networks.EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={},
                 loss_kwargs={}),
+    # CLD in gDDIM's noise parameterisation (docs/cld_gddim.md): the U-Net gets 2C channels, the process's
+    # parameters are CLDPrecond's and CLDLoss's defaults (gDDIM's CIFAR-10 setting).
+    'cld': dict(network='training.cld.CLDPrecond', loss='training.cld.CLDLoss', network_kwargs={}, loss_kwargs={}),
 }
 
 # Formulations planned on the same foundation (README.md) but not implemented yet.
 PLANNED_PRECONDS = {
     'fdm_edm': 'FDM (sail-sg/FDM)', 'fdm_vp': 'FDM (sail-sg/FDM)', 'fdm_ve': 'FDM (sail-sg/FDM)',
-    'cld': 'CLD (critically-damped Langevin, gDDIM)',
 }
 
 # Augmentation used with --augment=P (EDM train.py): 9 augment labels.
