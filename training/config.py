@@ -10,6 +10,7 @@ import re
 
 import dnnlib
 from dnnlib.cli import one_line
+from training.cld import CLD
 
 # ----------------------------------------------------------------------------
 # Registries.
@@ -29,9 +30,10 @@ PRECONDS = {
     've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={}),
     'edm': dict(network='training.networks.EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={},
                 loss_kwargs={}),
-    # CLD in gDDIM's noise parameterisation (docs/cld_gddim.md): the U-Net gets 2C channels, the process's
-    # parameters are CLDPrecond's and CLDLoss's defaults (gDDIM's CIFAR-10 setting).
-    'cld': dict(network='training.cld.CLDPrecond', loss='training.cld.CLDLoss', network_kwargs={}, loss_kwargs={}),
+    # CLD in gDDIM's noise parameterisation (docs/cld_gddim.md): the U-Net gets 2C channels. The process's
+    # parameters (gDDIM's CIFAR-10 setting) are written out, so that snapshots and training options carry them.
+    'cld': dict(network='training.cld.CLDPrecond', loss='training.cld.CLDLoss', network_kwargs=CLD().params(),
+                loss_kwargs=CLD().params()),
 }
 
 # Formulations planned on the same foundation (README.md) but not implemented yet.
