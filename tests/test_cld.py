@@ -352,6 +352,20 @@ def test_safe_loading_of_a_cld_snapshot(tmp_path):
 # The solver registry, samplers.sample and the sampler rule.
 
 
+def test_samplers_never_import_training():
+    folder = os.path.dirname(samplers.__file__)
+    offenders = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith('.py'):
+            with open(os.path.join(folder, name), encoding='utf-8') as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ''] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f'{name}: {m}' for m in modules if m.split('.')[0] == 'training']
+    assert offenders == []
+
+
 def test_sample_runs_gddim_on_a_cld_net_with_per_seed_priors():
     oracle = GaussianMixtureCLD(torch.tensor([-0.4, 0.4], **F64).reshape(2, 1, 1, 1).expand(2, 1, 2, 2), 0.01,
                                 cld=CLD())
