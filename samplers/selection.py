@@ -88,7 +88,8 @@ def _ode_options():
 
 
 def _given(opts, keys):
-    return [k for k in keys if opts.get(k) is not None and opts.get(k) is not False]
+    """The options in `keys` given in `opts` (the switches of ODE_KEYS default to False, the others to None)."""
+    return [k for k in keys if opts.get(k) is not None and not (k in ODE_KEYS and opts.get(k) is False)]
 
 
 def _refuse(opts, keys, what, hint=''):

@@ -452,6 +452,7 @@ def test_sampler_rule_notes_and_early_checks():
                                                                        '--solver=cld_em; ignored.']
     kind, kwargs = selection.choose_sampler(_opts(solver='ipndm', langevin=1.0), note=notes.append)
     assert 'langevin' not in kwargs and notes[-1] == 'Note: --langevin not used by --solver=ipndm; ignored.'
+    assert selection.choose_sampler(_opts(solver='dpmpp', predict_x0=False))[1]['predict_x0'] is False
     # Options that no family accepts fail before the network is loaded, with every family's reason.
     with pytest.raises(selection.OptionError, match='For a scalar-sigma denoiser: --langevin .*For a CLD network: '
                        'langevin > 0 .*set max_order=1'):
