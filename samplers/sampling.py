@@ -37,26 +37,30 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
     """Turn unit-variance `latents` into samples with a registered solver (`samplers.SOLVERS`).
 
     solver: a registered name, e.g. 'euler', 'heun', 'dpm', 'dpmpp', 'ipndm', 'ipndm_v', 'deis', 'unipc' (kind
-      'ode') or 'edm' (EDM Algorithm 2, kind 'edm').
+      'ode'), 'edm' (EDM Algorithm 2, kind 'edm'), or for CLD nets 'gddim', 'cld_em' (kind 'cld', `samplers.cld`).
+      A solver of kind 'cld' needs a CLD net, the others a scalar-sigma denoiser (ValueError otherwise).
     num_steps: kind 'ode': number of timestamps N (no trailing zero; N - 1 steps; default 7), the GITS toolbox's
-      meaning. Kind 'edm': EDM's meaning (noise levels before the final zero; default 18).
-    t_steps: ('ode' only) an explicit decreasing schedule used verbatim; then num_steps, sigma_min/max and the
+      meaning. Kind 'edm': EDM's meaning (noise levels before the final zero; default 18). Kind 'cld': timestamps
+      of gDDIM's grid `samplers.gddim.time_steps` (NFE = N with the final denoising call; default 50).
+    t_steps: ('ode', 'cld') an explicit decreasing schedule used verbatim; then num_steps, sigma_min/max and the
       schedule options are not used (num_steps, if given, must equal its length).
-    sigma_min, sigma_max: clipped to the net's range as EDM does. schedule_type, schedule_rho: see
-      `get_schedule` ('ode'); for kind 'edm' schedule_rho is EDM's rho (polynomial schedule only).
+    sigma_min, sigma_max: clipped to the net's range as EDM does (not used by kind 'cld'). schedule_type,
+      schedule_rho: see `get_schedule` ('ode'); for kind 'edm' schedule_rho is EDM's rho (polynomial schedule only).
     afs: analytical first step (saves one NFE). denoise_to_zero: finish with x = D(x; t_{N-1}) (one more NFE).
       Both 'ode' only.
     randn_like: the only noise source of stochastic solvers; default `generator.randn_like` if a generator is
       given, else torch.randn_like.
     generator: the per-seed generator of the latents (`samplers.generation.draw_inputs`), passed to the prior.
     prior: `prior(latents, sigma, generator) -> x_T` (see `samplers.priors`); default the net's `sample_prior`
-      or EDM's Gaussian.
+      or the kind's (EDM's Gaussian; for kind 'cld' the process's equilibrium, v drawn after the latents).
     callback: called with a `samplers.stepping.StepRecord` after every step.
-    return_trajectory: also return the stacked states [steps + 1 (+1 with denoise_to_zero), *latents.shape].
+    return_trajectory: also return the stacked states [steps + 1 (+1 with denoise_to_zero), *latents.shape]; for
+      kind 'cld' the states u = (x, v) [steps + 1, B, 2C, H, W] before the final denoising call.
     model_kwargs: extra keyword arguments for every net call.
     solver_options: per-solver options (`samplers.solver_defaults(solver)` lists them); unknown ones raise TypeError.
 
-    Kind 'ode' runs in float32 (as the GITS toolbox) unless `latents` are float64; kind 'edm' runs in float64.
+    Kinds 'ode' and 'cld' run in float32 (as the GITS toolbox) unless `latents` are float64; kind 'edm' runs in
+    float64. Kind 'cld' returns the images x.
     """
     spec = get_solver(solver)
     options = spec.check_options(solver_options)
