@@ -1,9 +1,10 @@
-"""Generate images with a trained diffusion model (EDM and fast ODE samplers).
+"""Generate images with a trained diffusion model (EDM, fast ODE samplers, CLD with gDDIM).
 
 Which sampler runs is decided by one rule, so every published command line keeps its meaning:
   (a) any of --disc/--schedule/--scaling  -> EDM's ablation sampler (--solver euler|heun, --steps);
   (b) else no --solver, or --solver=edm     -> EDM Algorithm 2 (Heun with churn; --steps, --S_* options);
-  (c) else the named fast solver            -> --num_steps timestamps (the GITS toolbox's meaning).
+  (c) else the named fast solver            -> --num_steps timestamps (the GITS toolbox's meaning);
+  (d) CLD networks                          -> gddim (default, NFE 50) or --solver=cld_em (samplers/selection.py).
 
 Without --network, --outdir is a training run directory and every checkpoint in --ckpt..--end_ckpt is sampled
 into its ckpt_* folders (samplers.sweeps); PFGM++ networks start from their prior (samplers.pfgmpp).
@@ -33,17 +34,22 @@ def _max_order_help():
         if spec.max_order is not None and spec.max_order < MAX_ORDER:
             lower.setdefault(spec.max_order, []).append(spec.name)
     ranges = ''.join(f'; 1-{k} for {"/".join(names)}' for k, names in sorted(lower.items()))
-    return f'Fast solvers: multistep order (1-{MAX_ORDER}{ranges})  [default: solver\'s]'
+    return f'Fast solvers and gddim: multistep order (1-{MAX_ORDER}{ranges})  [default: solver\'s]'
 
 
-def choose_sampler(opts):
-    """The sampler rule (`samplers.selection.choose_sampler`) with click's one-line errors."""
+def _one_line(check, *args, **kwargs):
+    """Run a `samplers.selection` check with click's one-line errors."""
     try:
-        return selection.choose_sampler(opts, note=dist.print0)
+        return check(*args, **kwargs)
     except selection.OptionError as e:
         if e.param:
             raise click.BadParameter(str(e), param_hint=f'--{e.param}') from None
         raise click.UsageError(str(e)) from None
+
+
+def choose_sampler(opts, family='denoiser'):
+    """The sampler rule (`samplers.selection.choose_sampler`) for a network of `family`, with one-line errors."""
+    return _one_line(selection.choose_sampler, opts, note=dist.print0, family=family)
 
 # ----------------------------------------------------------------------------
 
@@ -120,14 +126,16 @@ def check_outdir(outdir):
               type=click.FloatRange(min=0), default=None)
 @click.option('--S_noise', 'S_noise', help='EDM: stoch. noise inflation  [default: 1]', metavar='FLOAT',
               type=float, default=None)
-@click.option('--solver', help='edm (default), EDM ablation euler|heun, or a fast solver',
+@click.option('--solver', help='edm (default), EDM ablation euler|heun, a fast solver, or for CLD networks gddim '
+              '(their default) or cld_em',
               type=click.Choice(samplers.solver_names()), default=None)
 @click.option('--disc', help='Ablation: time step discretization', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
 @click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(['vp', 've', 'linear']))
 @click.option('--scaling', help='Ablation: signal scaling s(t)', type=click.Choice(['vp', 'none']))
 # Fast solvers (GITS toolbox).
-@click.option('--num_steps', help='Fast solvers: number of timestamps (NFE = num_steps-1 for one-stage '
-              'solvers)  [default: 7]', metavar='INT', type=click.IntRange(min=2), default=None)
+@click.option('--num_steps', help='Fast solvers and CLD: number of timestamps (NFE = num_steps-1 for one-stage '
+              'solvers, num_steps for gddim|cld_em)  [default: 7; CLD: 50]', metavar='INT', type=click.IntRange(min=2),
+              default=None)
 @click.option('--schedule_type', help='Fast solvers: time schedule  [default: polynomial]',
               type=click.Choice(['polynomial', 'logsnr', 'time_uniform', 'discrete']), default=None)
 @click.option('--schedule_rho', help='Fast solvers: schedule exponent  [default: 7]', metavar='FLOAT', type=float,
@@ -145,6 +153,9 @@ def check_outdir(outdir):
               default=None)
 @click.option('--t_steps', help='Fast solvers: explicit schedule, e.g. [80,10.9836,3.8811,1.584,0.5666,0.1698,0.002]',
               metavar='LIST', type=FloatListType(), default=None)
+# SDE samplers.
+@click.option('--langevin', help='Langevin strength of the SDE samplers: 0 = probability-flow ODE, 1 = reverse SDE  '
+              '[default: solver\'s]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
 # GITS schedule search.
 @bool_option('--dp', help='GITS: search the time schedule by dynamic programming')
 @click.option('--metric', help='GITS: cost metric', type=click.Choice(['dev', 'l1', 'l2']), default='dev',
@@ -195,26 +206,18 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
     python generate.py --seeds=0-49999 --outdir=training-runs/exp_name --pfgmpp=1 --aug_dim=2048
     """
     opts['class_idx'] = class_idx
-    kind, sampler_kwargs = choose_sampler(opts)
-    try:
-        selection.check_sampler(kind, sampler_kwargs)
-        sweeps.check_variants(kind, sampler_kwargs, sweeps.variants(opts['alpha'], opts['steps_sweep'],
-                                                                    opts['quant_bits']))
-    except selection.OptionError as e:
-        raise click.UsageError(str(e)) from None
+    _one_line(selection.precheck, opts)  # Before any work; the network's family decides the rest once loaded.
     try:
         device = dist.init(device)
     except RuntimeError as e:
         raise click.BadParameter(str(e), param_hint='--device')
     try:
-        _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, kind,
-                  sampler_kwargs, opts)
+        _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, opts)
     finally:
         dist.shutdown()
 
 
-def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, kind,
-              sampler_kwargs, opts):
+def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, opts):
     check_outdir(outdir)
     if network is not None:
         targets = [(None, network)]
@@ -227,20 +230,22 @@ def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device
     for kimg, path in targets:
         net = load_net(path, trust_pickle, device, skip_without_network=kimg is not None)
         if net is not None:
-            _generate_one(net, path, kimg, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, kind,
-                          sampler_kwargs, opts)
+            _generate_one(net, path, kimg, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, opts)
     dist.barrier()
     dist.print0('Done.')
 
 
-def _generate_one(net, network, kimg, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, kind,
-                  sampler_kwargs, opts):
+def _generate_one(net, network, kimg, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, opts):
     if class_idx is not None:
         if not net.label_dim:
             raise click.BadParameter('the network is unconditional (no class labels)', param_hint='--class')
         if class_idx >= net.label_dim:
             raise click.BadParameter(f'{class_idx} is out of range: the network has {net.label_dim} classes '
                                      f'(0-{net.label_dim - 1})', param_hint='--class')
+    kind, sampler_kwargs = choose_sampler(opts, selection.net_family(net))
+    _one_line(selection.check_sampler, kind, sampler_kwargs)
+    _one_line(sweeps.check_variants, kind, sampler_kwargs,
+              sweeps.variants(opts['alpha'], opts['steps_sweep'], opts['quant_bits']))
     prior = make_prior(net, opts)
 
     sampler_kwargs = dict(sampler_kwargs)

@@ -23,7 +23,7 @@ from training import config, training_loop
 @bool_option('--cond', help='Train class-conditional model')
 @click.option('--arch', help='Network architecture', type=click.Choice(list(config.ARCHS)), default='ddpmpp',
               show_default=True)
-@click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm|fdm_edm|fdm_vp|fdm_ve',
+@click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm|fdm_edm|fdm_vp|fdm_ve|cld',
               type=str, default='edm', show_default=True)
 # Hyperparameters.
 @click.option('--duration', help='Training duration', metavar='MIMG', type=click.FloatRange(min=0, min_open=True),

@@ -264,7 +264,6 @@ ERRORS = [
     (['--data={tmp}/missing.zip'], 'no such file or directory'),
     (['--data={cond}', '--precond=sigma'], 'never published; supported: vp, ve, edm'),
     (['--data={cond}', '--precond=edm', '--fdm_multiplier=2'], '--fdm_multiplier applies to the FDM preconditioners'),
-    (['--data={cond}', '--precond=cld'], 'not supported yet'),
     (['--data={cond}', '--precond=vp', '--pfgmpp=1'], '--pfgmpp=1 supports --precond=ve|edm'),
     (['--data={cond}', '--precond=ve', '--stf=1'], '--stf (stable target field) is implemented for --precond=edm'),
     (['--data={cond}', '--dm_length=10'], 'meaning was never published'),
