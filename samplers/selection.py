@@ -1,9 +1,13 @@
 """From command-line options to a sampler: the selection rule, the NFE report and cached schedule searches.
 
-The rule (documented in `generate.py --help` and the README), driven by the solver registry:
+The rule (documented in `generate.py --help` and the README), driven by the solver registry and the model family
+of the network (`FAMILIES`):
+  scalar-sigma denoisers (EDM and the other formulations of `training.networks`):
   (a) any of the ablation options (--disc/--schedule/--scaling) -> EDM's ablation sampler (euler|heun, --steps);
   (b) else no --solver, or --solver=edm                        -> EDM Algorithm 2 (--steps, --S_* options);
-  (c) else the named 'ode' solver                              -> --num_steps timestamps (the GITS toolbox's meaning).
+  (c) else the named 'ode' solver                              -> --num_steps timestamps (the GITS toolbox's meaning);
+  a family with its own solvers (CLD: 'cld' kind):
+  (d) the named solver of the family, or its default           -> --num_steps timestamps of its own grid.
 Errors are `OptionError`s (a ValueError carrying the option it is about), turned into one line by the scripts.
 """
 
@@ -19,12 +23,22 @@ from . import edm as edm_samplers
 from . import generation
 from .gits import gits_schedule
 from .registry import SOLVERS, get_solver, option_names, solver_names
-from .sampling import DEFAULT_NUM_STEPS, EDM_DEFAULT_NUM_STEPS, sample
+from .sampling import CLD_DEFAULT_NUM_STEPS, DEFAULT_NUM_STEPS, EDM_DEFAULT_NUM_STEPS, sample
+from .schedules import gddim_schedule
 
 ABLATION_KEYS = ('disc', 'schedule', 'scaling')
 ABLATION_TARGETS = dict(disc='discretization', schedule='schedule', scaling='scaling')
 # Options of the 'ode' kind besides the solvers' own options (see `sample`), and the GITS search switch.
 ODE_KEYS = ('num_steps', 'schedule_type', 'schedule_rho', 'afs', 'denoise_to_zero', 't_steps', 'dp')
+# Model families. A network belongs to the first family whose `attribute` it has, else to 'denoiser'. `kinds`: the
+# solver kinds that sample it; `default`: the solver and number of timestamps without --solver/--num_steps (None:
+# rules (a)-(c)); `what`: how messages name it.
+FAMILIES = {
+    'denoiser': dict(attribute=None, kinds=('edm', 'ode'), default=None, what='a scalar-sigma denoiser'),
+    'cld': dict(attribute='cld', kinds=('cld',), default=('gddim', CLD_DEFAULT_NUM_STEPS), what='a CLD network'),
+}
+# Options that only rules (a)-(c) use (the 'edm' solver's own options are added where used).
+_DENOISER_KEYS = ABLATION_KEYS + ('steps', 'rho', 'sigma_min', 'sigma_max') + ODE_KEYS[1:]
 
 
 class OptionError(ValueError):
@@ -40,7 +54,27 @@ def describe_rule():
     return ('Sampler rule: (a) any of --disc/--schedule/--scaling selects EDM\'s ablation sampler (--solver '
             'euler|heun, --steps); (b) otherwise no --solver or --solver=edm runs EDM Algorithm 2 (--steps, '
             '--S_churn/--S_min/--S_max/--S_noise); (c) otherwise the named solver runs with --num_steps timestamps '
-            '(no trailing zero).')
+            f'(no trailing zero). (d) CLD networks run --solver={"|".join(family_solvers("cld"))} (default gddim, '
+            f'--num_steps={CLD_DEFAULT_NUM_STEPS}, NFE = num_steps) with --max_order and --langevin.')
+
+
+def net_family(net):
+    """The model family of a network (a key of `FAMILIES`)."""
+    for name, family in FAMILIES.items():
+        if family['attribute'] is not None and getattr(net, family['attribute'], None) is not None:
+            return name
+    return 'denoiser'
+
+
+def solver_family(solver):
+    """The model family that `solver` samples."""
+    kind = get_solver(solver).kind
+    return next(name for name, family in FAMILIES.items() if kind in family['kinds'])
+
+
+def family_solvers(family):
+    """The registered solvers of a family."""
+    return [spec.name for spec in SOLVERS.values() if spec.kind in FAMILIES[family]['kinds']]
 
 
 def _edm_options():
@@ -53,21 +87,45 @@ def _ode_options():
     return list(ODE_KEYS[:-2]) + own + list(ODE_KEYS[-2:])
 
 
-def _refuse(opts, keys, what):
-    given = [k for k in keys if opts.get(k) not in (None, False)]
+def _given(opts, keys):
+    """The options in `keys` given in `opts` (the switches of ODE_KEYS default to False, the others to None)."""
+    return [k for k in keys if opts.get(k) is not None and not (k in ODE_KEYS and opts.get(k) is False)]
+
+
+def _refuse(opts, keys, what, hint=''):
+    given = _given(opts, keys)
     if given:
         raise OptionError(f'{", ".join("--" + k for k in given)} only apply to the fast solvers '
-                          f'(--solver={"|".join(solver_names(kind="ode"))}), not to {what}')
+                          f'(--solver={"|".join(solver_names(kind="ode"))}), not to {what}{hint}')
+    for key in _given(opts, [k for k in option_names() if k not in keys and k not in _edm_options()]):
+        users = [spec.name for spec in SOLVERS.values() if key in spec.defaults]
+        raise OptionError(f'--{key} only applies to --solver={"|".join(users)}, not to {what}')
+
+
+def _solver_options(opts, spec, note):
+    """The solver options given in `opts` that `spec` accepts; a note names the others (the GITS toolbox passes
+    every option to every solver, so its command lines keep working)."""
+    given = _given(opts, option_names())
+    ignored = [f'--{k}' for k in given if k not in spec.defaults]
+    if ignored:
+        note(f'Note: {", ".join(ignored)} not used by --solver={spec.name}; ignored.')
+    return {k: opts[k] for k in given if k in spec.defaults}
 
 
 def _sigmas(opts):
     return {k: opts[k] for k in ('sigma_min', 'sigma_max') if opts.get(k) is not None}
 
 
-def choose_sampler(opts, note=print):
-    """Apply the selection rule to parsed options (None = not given). Returns (kind, sampler_kwargs), kind being
-    'ablation', 'edm' or 'fast'; `note` receives messages about ignored options."""
+def choose_sampler(opts, note=print, family='denoiser'):
+    """Apply the selection rule to parsed options (None = not given) for a network of `family` (see `net_family`).
+    Returns (kind, sampler_kwargs), kind being 'ablation', 'edm', 'fast' or 'cld'; `note` receives messages about
+    ignored options."""
     solver = opts.get('solver')
+    if solver is not None and solver_family(solver) != family:
+        raise OptionError(f'--solver={solver} needs {FAMILIES[solver_family(solver)]["what"]}, but the network is '
+                          f'{FAMILIES[family]["what"]}; use --solver={"|".join(family_solvers(family))}')
+    if FAMILIES[family]['default'] is not None:
+        return _choose_family_solver(opts, note, family)
     churn = {k: opts[k] for k in _edm_options() if opts.get(k) is not None}
     steps = opts.get('steps')
     rho = 7 if opts.get('rho') is None else opts['rho']
@@ -83,7 +141,8 @@ def choose_sampler(opts, note=print):
         return 'ablation', {**kwargs, **_sigmas(opts)}
 
     if solver in (None, 'edm'):
-        _refuse(opts, _ode_options(), 'EDM\'s sampler (no --solver or --solver=edm); name a fast --solver to use them')
+        _refuse(opts, _ode_options(), 'EDM\'s sampler (no --solver or --solver=edm)',
+                '; name a fast --solver to use them')
         return 'edm', dict(num_steps=EDM_DEFAULT_NUM_STEPS if steps is None else steps, rho=rho, **churn,
                            **_sigmas(opts))
 
@@ -99,15 +158,7 @@ def choose_sampler(opts, note=print):
     kwargs = dict(solver=solver, schedule_type=opts.get('schedule_type') or 'polynomial',
                   schedule_rho=7 if opts.get('schedule_rho') is None else opts['schedule_rho'],
                   afs=opts['afs'], denoise_to_zero=opts['denoise_to_zero'])
-    ignored = []
-    for key in _ode_options():
-        if key not in ODE_KEYS and opts.get(key) is not None:
-            if key in spec.defaults:
-                kwargs[key] = opts[key]
-            else:
-                ignored.append(f'--{key}')
-    if ignored:  # The GITS toolbox passes every option to every solver; keep its command lines working.
-        note(f'Note: {", ".join(ignored)} not used by --solver={solver}; ignored.')
+    kwargs.update(_solver_options(opts, spec, note))
     kwargs.update(_sigmas(opts))
     if opts.get('t_steps') is not None:
         t_steps = opts['t_steps']
@@ -123,15 +174,46 @@ def choose_sampler(opts, note=print):
     return 'fast', kwargs
 
 
+def _choose_family_solver(opts, note, family):
+    """Rule (d): the family's named or default solver on its own time grid."""
+    default_solver, default_steps = FAMILIES[family]['default']
+    spec = get_solver(opts.get('solver') or default_solver)
+    foreign = _given(opts, _DENOISER_KEYS + tuple(_edm_options()))
+    if foreign:
+        raise OptionError(f'{", ".join("--" + k for k in foreign)} cannot be used with {FAMILIES[family]["what"]} '
+                          f'(--solver={"|".join(family_solvers(family))} take --num_steps and their own options)')
+    num_steps = default_steps if opts.get('num_steps') is None else opts['num_steps']
+    if num_steps < 2:
+        raise OptionError('needs at least 2 timestamps', param='num_steps')
+    return spec.kind, dict(solver=spec.name, num_steps=num_steps, **_solver_options(opts, spec, note))
+
+
+def precheck(opts):
+    """Check options before the network is loaded: an OptionError if no family the options may be meant for (with
+    --solver, the solver's family) accepts them. Its message gives every family's reason."""
+    families = [solver_family(opts['solver'])] if opts.get('solver') else list(FAMILIES)
+    errors = []
+    for family in families:
+        try:
+            check_sampler(*choose_sampler(opts, note=lambda message: None, family=family))
+            return
+        except OptionError as e:
+            errors.append((family, e))
+    if len(errors) == 1:
+        raise errors[0][1]
+    raise OptionError('. '.join(f'For {FAMILIES[family]["what"]}: {e}' for family, e in errors))
+
+
 def check_sampler(kind, kwargs):
     """Validate the chosen solver's options before any work starts (raises OptionError)."""
-    if kind != 'fast':
+    if kind not in ('fast', 'cld'):
         return
     options = {k: v for k, v in kwargs.items() if k in SOLVERS[kwargs['solver']].defaults}
     spec = get_solver(kwargs['solver'])
     if spec.prepare is not None:
+        probe = gddim_schedule(5) if kind == 'cld' else torch.tensor([80.0, 1.0, 0.5, 0.1, 0.002])
         try:
-            spec.prepare(torch.tensor([80.0, 1.0, 0.5, 0.1, 0.002]), **spec.check_options(options))
+            spec.prepare(probe, **spec.check_options(options))
         except (ValueError, TypeError) as e:
             raise OptionError(str(e)) from None
 
@@ -145,7 +227,8 @@ def describe_nfe(kind, kwargs):
     spec = get_solver(kwargs['solver'])
     options = {k: v for k, v in kwargs.items() if k in spec.defaults}
     num_steps = len(kwargs['t_steps']) if 't_steps' in kwargs else kwargs['num_steps']
-    return spec.count_nfe(num_steps, afs=kwargs['afs'], denoise_to_zero=kwargs['denoise_to_zero'], **options)
+    return spec.count_nfe(num_steps, afs=kwargs.get('afs', False), denoise_to_zero=kwargs.get('denoise_to_zero', False),
+                          **options)
 
 
 def make_sampler_fn(kind, kwargs):
@@ -237,5 +320,6 @@ def gits_search(net, network_key, kwargs, opts, device):
     return cached_search('gits', search, compute), search
 
 
-__all__ = ['OptionError', 'describe_rule', 'choose_sampler', 'check_sampler', 'describe_nfe', 'make_sampler_fn',
-           'network_fingerprint', 'cached_search', 'gits_search', 'write_json']
+__all__ = ['OptionError', 'FAMILIES', 'describe_rule', 'net_family', 'solver_family', 'family_solvers',
+           'choose_sampler', 'precheck', 'check_sampler', 'describe_nfe', 'make_sampler_fn', 'network_fingerprint',
+           'cached_search', 'gits_search', 'write_json']

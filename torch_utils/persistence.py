@@ -287,6 +287,10 @@ class CheckpointError(InputError):
     """A checkpoint file that cannot be loaded; the message is one line naming the file and the problem."""
 
 
+class NotANetworkError(CheckpointError):
+    """The file was read (or recognised), but it holds no network under 'ema'."""
+
+
 def _fail(name, message):
     safe_pickle.fail(name, message, CheckpointError)
 
@@ -918,7 +922,7 @@ def _describe_zip(f):
     try:
         with zipfile.ZipFile(f) as archive:
             names = archive.namelist()
-            pickles = [n for n in names if n.endswith('/data.pkl') and n.count('/') == 1]
+            pickles = [n for n in names if n == 'data.pkl' or n.endswith('/data.pkl') and n.count('/') == 1]
             if any(n.endswith('/constants.pkl') for n in names):
                 return 'a TorchScript archive'
             if len(pickles) == 1:
@@ -937,25 +941,31 @@ def _describe_zip(f):
         f.seek(start)
 
 
-def _not_a_network(name, description):
-    match = re.fullmatch(r'training-state-(\d+)\.pt', os.path.basename(str(name)))
-    if description == 'a training state of this toolkit' and match:
-        snapshot = os.path.join(os.path.dirname(str(name)), f'network-snapshot-{match.group(1)}.pkl')
-        _fail(name, f'is a training state of this toolkit (weights only, for train.py --resume), not a network; '
-                    f'use the matching {printable(snapshot)}')
+def _not_a_network(name, message):
+    safe_pickle.fail(name, message, NotANetworkError)
+
+
+def _not_a_network_file(name, description):
+    if description == 'a training state of this toolkit':
+        match = re.fullmatch(r'training-state-(\d+)\.pt', os.path.basename(str(name)))
+        snapshot = os.path.join(os.path.dirname(str(name)), f'network-snapshot-{match.group(1)}.pkl') if match \
+            else 'network-snapshot-*.pkl of the same kimg'
+        _not_a_network(name, 'it holds weights only (a training state of this toolkit, for --resume), not a network; '
+                             f'load the matching {printable(snapshot)}')
     hint = 'expected an EDM network pickle (.pkl) or a .safetensors checkpoint'
     if description == 'a torch.save archive':
-        _fail(name, f'is a torch.save archive without a network; {hint}')
-    _fail(name, f'is {description}, not a network checkpoint; {hint}')
+        _not_a_network(name, f'is a torch.save archive without a network; {hint}')
+    _not_a_network(name, f'is {description}, not a network checkpoint; {hint}')
 
 
 def load_network(path_or_url, trust_pickle=False, cache=True):
-    """Load a checkpoint (official EDM pickle, this project's snapshot, or a `.safetensors` checkpoint written by
-    `save_safetensors`) from a path or URL.
+    """Load a checkpoint from a path or URL: an official EDM pickle, this project's snapshot, a `.safetensors`
+    checkpoint written by `save_safetensors`, or a `torch.save` zip file that holds networks (PFGM++'s
+    `training-state-*.pt`: dict(net, ema, optimizer_state, step)), read with the same restricted unpickler.
 
     Returns the checkpoint dictionary: ``'ema'`` (a denoiser network) and, for training snapshots, ``'loss_fn'``,
-    ``'augment_pipe'`` and ``'dataset_kwargs'``. Any problem raises `CheckpointError` (a `dnnlib.util.InputError`)
-    with one line that names the file.
+    ``'augment_pipe'`` and ``'dataset_kwargs'``. Any problem raises `CheckpointError` (a `dnnlib.util.InputError`;
+    `NotANetworkError` for a file that holds no network) with one line that names the file.
     """
     import dnnlib
     name = path_or_url
@@ -979,11 +989,33 @@ def load_network(path_or_url, trust_pickle=False, cache=True):
                 data = load_pickle(f, trust_pickle=trust_pickle, name=name)
             except InputError:
                 if kind != 'pickle':
-                    _not_a_network(name, description)
+                    _not_a_network_file(name, description)
                 raise
+        elif description == 'a torch.save archive':
+            data = load_torch_zip(f, trust_pickle=trust_pickle, name=name)
+            if not (isinstance(data, dict) and isinstance(data.get('ema'), torch.nn.Module)):
+                _not_a_network_file(name, description)
         else:
-            _not_a_network(name, description)
+            _not_a_network_file(name, description)
     return check_checkpoint(data, name)
+
+
+def load_torch_zip(file, trust_pickle=False, name=None):
+    """A `torch.save` zip file whose pickle may hold persistent networks, loaded like `load_pickle` (with
+    `trust_pickle=True`: `torch.load(weights_only=False)`, which runs the embedded source)."""
+    name = name or getattr(file, 'name', None) or 'archive'
+    if trust_pickle:
+        try:
+            return torch.load(file, map_location='cpu', weights_only=False)
+        except MemoryError:
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            _fail(name, f'legacy unpickling failed ({safe_pickle.describe_exception(e)})')
+    data = safe_pickle.load_torch_zip(file, name, _pickle_globals(name), hint=_TRUST_HINT)
+    with _one_line(name):
+        result = _Builder(name, _class_registry(), _TRUST_HINT).convert(data)
+        safe_pickle.check_structure(result, name)
+    return result
 
 
 def _load_safetensors_file(f, name):
@@ -1003,16 +1035,16 @@ def check_checkpoint(data, name):
     if isinstance(data, torch.nn.Module):
         data = dict(ema=data)
     if isinstance(data, int) and data == 0x1950a86a20f9469cfc6c:   # The magic number that starts a legacy torch.save.
-        _fail(name, 'is a legacy torch.save file without a network; expected an EDM network pickle (.pkl) or a '
-                    '.safetensors checkpoint')
+        _not_a_network(name, 'is a legacy torch.save file without a network; expected an EDM network pickle (.pkl) '
+                             'or a .safetensors checkpoint')
     if not isinstance(data, dict):
-        _fail(name, f'not a network checkpoint: it holds a {printable(type(data).__name__, 40)} (expected a dict '
-                    'whose "ema" is a network)')
+        _not_a_network(name, f'not a network checkpoint: it holds a {printable(type(data).__name__, 40)} (expected a '
+                             'dict whose "ema" is a network)')
     if 'ema' not in data:
         keys = ', '.join(printable(repr(k), 40) for k in list(data)[:8]) or 'none'
-        _fail(name, f'not a network checkpoint: no "ema" entry (keys: {keys})')
+        _not_a_network(name, f'not a network checkpoint: no "ema" entry (keys: {keys})')
     if not is_denoiser(data['ema']):
-        _fail(name, f'not a network checkpoint: its "ema" is a {printable(type(data["ema"]).__name__, 40)}, not a '
-                    'denoiser (a network with img_resolution, img_channels and label_dim, called as '
-                    'net(x, sigma, class_labels))')
+        _not_a_network(name, f'not a network checkpoint: its "ema" is a {printable(type(data["ema"]).__name__, 40)}, '
+                             'not a denoiser (a network with img_resolution, img_channels and label_dim, called as '
+                             'net(x, sigma, class_labels))')
     return data

@@ -385,7 +385,7 @@ STORAGE_DTYPES = {
     'FloatStorage': torch.float32, 'DoubleStorage': torch.float64, 'HalfStorage': torch.float16,
     'BFloat16Storage': torch.bfloat16, 'LongStorage': torch.int64, 'IntStorage': torch.int32,
     'ShortStorage': torch.int16, 'CharStorage': torch.int8, 'ByteStorage': torch.uint8, 'BoolStorage': torch.bool,
-    'ComplexFloatStorage': torch.complex64, 'ComplexDoubleStorage': torch.complex128,
+    'ComplexFloatStorage': torch.complex64, 'ComplexDoubleStorage': torch.complex128, 'UntypedStorage': torch.uint8,
 }
 
 
@@ -549,22 +549,22 @@ def _read_exact(reader, n, name):
     return data
 
 
-def load_torch_zip(file, name, allowed=None, max_pickle=1 << 26):
+def load_torch_zip(file, name, allowed_fn=None, hint='', max_pickle=1 << 26):
     """Read a `torch.save` archive (zip format) holding containers, numbers, strings and plain tensors.
 
     Like `torch.load(weights_only=True)`, with these limits: entries stored uncompressed (so tensor data cannot
     exceed the file's size), each storage read once and only from a record of exactly its announced size, tensors
-    checked by `rebuild_tensor`. `allowed` adds globals to the table.
+    checked by `rebuild_tensor`. `allowed_fn(unpickler_ref)` adds globals to the table (as in `read_pickle`).
     """
     try:
-        return _load_torch_zip(file, name, allowed, max_pickle)
+        return _load_torch_zip(file, name, allowed_fn, hint, max_pickle)
     except (InputError, MemoryError):
         raise
     except Exception as e:  # pylint: disable=broad-except
         fail(name, f'not a readable zip archive ({describe_exception(e)})')
 
 
-def _load_torch_zip(file, name, allowed, max_pickle):
+def _load_torch_zip(file, name, allowed_fn, hint, max_pickle):
     archive = zipfile.ZipFile(file)
     infos = archive.infolist()
     total = sum(info.file_size for info in infos)
@@ -572,7 +572,7 @@ def _load_torch_zip(file, name, allowed, max_pickle):
     if any(info.compress_type != zipfile.ZIP_STORED for info in infos) or total > size:
         fail(name, 'limit hit: compressed zip entries (torch.save writes them uncompressed)')
     entries = {info.filename: info for info in infos}
-    pickles = [n for n in entries if n.endswith('/data.pkl') and n.count('/') == 1]
+    pickles = [n for n in entries if n == 'data.pkl' or n.endswith('/data.pkl') and n.count('/') == 1]
     if len(pickles) != 1:
         fail(name, 'not a torch.save archive (no single */data.pkl)')
     prefix = pickles[0][:-len('data.pkl')]
@@ -604,12 +604,13 @@ def _load_torch_zip(file, name, allowed, max_pickle):
         return storages[key]
 
     unpickler = None
-    table = container_globals(lambda: unpickler)
+    ref = lambda: unpickler  # noqa: E731
+    table = container_globals(ref)
     table.update(tensor_globals(name))
     table.update({('torch', n): StorageType(n, dtype) for n, dtype in STORAGE_DTYPES.items()})
-    table.update(allowed or {})
+    table.update(allowed_fn(ref) if allowed_fn is not None else {})
     data = archive.read(entries[pickles[0]])  # Small (no tensor data); unpickled from memory.
-    unpickler = Unpickler(None, name, len(data), table, persistent=persistent, budget=budget, data=data)
+    unpickler = Unpickler(None, name, len(data), table, persistent=persistent, hint=hint, budget=budget, data=data)
     return unpickler.load()
 
 # ----------------------------------------------------------------------------
