@@ -426,8 +426,9 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_detect
             return load_reference_stats(ref_path)
         mu_ref, sigma_ref = _rank0_first(load_ref)
         if is_run_dir(image_path):
-            _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle,
-                          device, workers)
+            trust = dict(trust_pickle=trust_pickle, trust_detector=trust_detector, sha256=detector_sha256)
+            _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust, device,
+                          workers)
             return
         mu, sigma = calculate_inception_stats(image_path=image_path, num_expected=num_expected, seed=seed,
                                               max_batch_size=batch, num_workers=workers, device=device,
@@ -443,11 +444,11 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_detect
         dist.shutdown()  # On every exit path (errors too): a process that exits in the group can abort.
 
 
-def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle, device,
+def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust, device,
                   workers):
     if detector is None or isinstance(detector, str):
         source = detector
-        detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle))
+        detector = _rank0_first(lambda: load_detector(source, device=device, **trust))
     rows = calc_run_dir(run_dir, mu_ref, sigma_ref, num_expected=num_expected, seed=seed, max_batch_size=batch,
                         num_workers=workers, device=device, detector=detector)
     if dist.get_rank() == 0:

@@ -436,7 +436,7 @@ def test_fid_scores_every_checkpoint_folder(tmp_path):
     run_dir.mkdir()
     for kimg in (100, 200):
         write_checkpoint(str(run_dir), kimg, 'pt', seed=kimg)
-    common = [f'--ref={ref}', f'--detector={detector}', '--device=cpu', '--workers=0', '--num=6']
+    common = [f'--ref={ref}', f'--detector={detector}', '--trust-detector', '--device=cpu', '--workers=0', '--num=6']
     res = CliRunner().invoke(fid.main, ['calc', f'--images={run_dir}', *common])
     assert 'no ckpt_* image folders' in error_line(res)
     assert run_generate(f'--outdir={run_dir}', '--seeds=0-5', '--steps=3', '--pfgmpp=1').exit_code == 0

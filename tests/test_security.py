@@ -357,8 +357,9 @@ def test_files_that_are_not_networks(tmp_path):
     state = tmp_path / 'run' / 'training-state-000004.pt'
     state.parent.mkdir()
     torch.save(dict(format=training_loop.STATE_FORMAT, version=1, net={'w': torch.zeros(2)}), str(state))
-    with pytest.raises(dnnlib.util.InputError, match='is a training state of this toolkit .* use the matching '
-                                                     '.*network-snapshot-000004.pkl'):
+    with pytest.raises(persistence.NotANetworkError, match=r'weights only \(a training state of this toolkit, for '
+                                                           r'--resume\), not a network; load the matching '
+                                                           r'.*run/network-snapshot-000004.pkl'):
         persistence.load_network(str(state))
     torch.save({'w': torch.zeros(2)}, str(tmp_path / 'weights.pt'))
     assert 'is a torch.save archive without a network' in load_error((tmp_path / 'weights.pt').read_bytes(), tmp_path,

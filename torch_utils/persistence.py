@@ -258,13 +258,14 @@ def _json_plain(value, what):
 # persistent object is rebuilt by `_Builder`: class looked up by name in the registry, stored constructor arguments
 # checked (plain data, plausible ranges), network constructed on the meta device under a cap on modules and
 # elements derived from the tensors the file holds, its module tree, parameter and buffer shapes compared with the
-# stored ones, a denoiser traced on meta tensors, and only then the stored tensors put in place (no second copy).
+# stored ones, its image networks traced on meta tensors, and only then the stored tensors put in place.
 
 MAX_ARG_ITEMS = 10_000           # Items in one object's constructor arguments.
 MAX_ARG_DEPTH = 8                # Nesting of constructor arguments.
 MAX_ARG_LIST = 64                # Length of one list argument.
 MAX_MODULE_DEPTH = 64            # Nesting of a stored module tree.
 MAX_METADATA = 1 << 24           # Bytes of safetensors JSON metadata.
+_MISSING = object()
 _prototypes = collections.OrderedDict()   # (class, arguments) -> network built and traced on meta (a few recent).
 _TRUST_HINT = '; if you trust the file, load it with trust_pickle=True (--trust-pickle)'
 
@@ -551,7 +552,7 @@ class _Builder:
             key = (cls, json.dumps([args, kwargs], sort_keys=True, default=repr))
             if key in _prototypes:
                 _prototypes.move_to_end(key)
-                return copy.deepcopy(_prototypes[key])
+                return _clone_module(_prototypes[key], {})
         try:
             if limits is None:
                 return cls(*args, **kwargs)
@@ -564,19 +565,24 @@ class _Builder:
                       f'({safe_pickle.describe_exception(e)}){self.hint}')
         if not isinstance(module, torch.nn.Module):
             self.fail(f'{printable(class_name, 80)} did not construct a module')
-        _check_denoiser(module, self.name, class_name)
+        _trace_image_networks(module, self.name, class_name)
         _prototypes[key] = module
         while len(_prototypes) > 4:
             _prototypes.popitem(last=False)
-        return copy.deepcopy(module)
+        return _clone_module(module, {})
 
     def set_attributes(self, obj, state, class_name):
-        # Stored attributes that the constructed object also has, with a value of the same kind (e.g. a loss's step
-        # count or bookkeeping lists), as plain data; anything else is ignored.
+        # Stored plain attributes (e.g. a loss's step count or FDM's clamp state), as plain data. One that the
+        # constructed object already has must keep its kind; methods and properties are never replaced.
         for key, value in state.items():
-            if isinstance(key, str) and key.isidentifier() and not key.startswith('__') and hasattr(obj, key) \
-                    and not callable(getattr(obj, key)) and _kind(getattr(obj, key)) == _kind(value):
-                setattr(obj, key, self.arguments(value, class_name))
+            if not (isinstance(key, str) and key.isidentifier() and not key.startswith('__')):
+                continue
+            current = inspect.getattr_static(obj, key, _MISSING)
+            if current is not _MISSING and (callable(current) or isinstance(current, (property, classmethod,
+                                                                                      staticmethod))
+                                            or _kind(current) != _kind(value)):
+                continue
+            setattr(obj, key, self.arguments(value, class_name))
 
     # The module tree.
     def node_from_stub(self, stub, state, class_name, seen, depth):
@@ -693,6 +699,27 @@ class _Builder:
         return plan
 
 
+def _clone_module(module, memo):
+    """A copy of a module built on the meta device: fresh meta tensors, submodules copied recursively, other
+    attributes deep-copied. (copy.deepcopy would go through a persistent class's __reduce__.)"""
+    if id(module) in memo:
+        return memo[id(module)]
+    clone = object.__new__(type(module))
+    memo[id(module)] = clone
+    for key, value in vars(module).items():
+        if key in ('_parameters', '_buffers'):
+            value = collections.OrderedDict(
+                (k, None if t is None else torch.nn.Parameter(torch.empty_like(t), requires_grad=t.requires_grad)
+                 if isinstance(t, torch.nn.Parameter) else torch.empty_like(t)) for k, t in value.items())
+        elif key == '_modules':
+            value = collections.OrderedDict((k, None if m is None else _clone_module(m, memo))
+                                            for k, m in value.items())
+        else:
+            value = copy.deepcopy(value, memo)
+        clone.__dict__[key] = value
+    return clone
+
+
 def _walk(node, path):
     yield path, node
     for key, child in node.children.items():
@@ -744,26 +771,37 @@ def is_denoiser(obj):
         values[0] >= 1 and values[1] >= 1 and values[2] >= 0
 
 
-def _check_denoiser(module, name, class_name):
-    """A module that declares the denoiser interface must map x [1, C, R, R] to the same shape (traced on meta
-    tensors, before any weights are put in): this catches arguments that construct but cannot run."""
-    if not any(hasattr(module, k) for k in ('img_resolution', 'img_channels', 'label_dim')):
-        return
-    if not is_denoiser(module):
-        _fail(name, f'{printable(class_name, 80)} has an invalid img_resolution, img_channels or label_dim')
-    c, r, labels = module.img_channels, module.img_resolution, module.label_dim
-    x = torch.zeros([1, c, r, r], device='meta')
-    try:
-        with torch.no_grad():
-            y = module(x, torch.ones([1], device='meta'), torch.zeros([1, labels], device='meta') if labels else None)
-    except (InputError, MemoryError):
-        raise
-    except Exception as e:  # pylint: disable=broad-except
-        _fail(name, f'{printable(class_name, 80)} built from the stored arguments fails on an input of shape '
-                    f'{[1, c, r, r]} ({safe_pickle.describe_exception(e)})')
-    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-        _fail(name, f'{printable(class_name, 80)} maps an input of shape {[1, c, r, r]} to '
-                    f'{list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}')
+def _trace_image_networks(module, name, class_name):
+    """Every image network in `module` (a persistent module constructed with `img_resolution` and `in_channels`:
+    the raw U-Nets, whatever wraps them) must map x [1, in_channels, R, R], one noise label and class labels to an
+    image of the same size. Traced on meta tensors before any weights are put in: this catches stored arguments that
+    construct but cannot run (e.g. zero channels per group)."""
+    for path, m in module.named_modules():
+        if not is_persistent(m):
+            continue
+        try:
+            args = inspect.signature(type(m).__bases__[0].__init__).bind(None, *m._init_args, **m._init_kwargs)
+        except TypeError:
+            continue
+        args = args.arguments
+        r, c, labels = (args.get(k) for k in ('img_resolution', 'in_channels', 'label_dim'))
+        if not (isinstance(r, int) and isinstance(c, int)):
+            continue
+        labels = labels if isinstance(labels, int) else 0
+        where = f'{printable(class_name, 80)} ({printable(path or type(m).__name__, 80)})'
+        x = torch.zeros([1, c, r, r], device='meta')
+        try:
+            with torch.no_grad():
+                y = m(x, torch.ones([1], device='meta'),
+                      torch.zeros([1, labels], device='meta') if labels else None)
+        except (InputError, MemoryError):
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            _fail(name, f'{where} built from the stored arguments fails on an input of shape {[1, c, r, r]} '
+                        f'({safe_pickle.describe_exception(e)})')
+        if not isinstance(y, torch.Tensor) or y.ndim != 4 or y.shape[2:] != x.shape[2:]:
+            _fail(name, f'{where} maps an input of shape {[1, c, r, r]} to '
+                        f'{list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}')
 
 
 def load_pickle(file, trust_pickle=False, name=None):
