@@ -41,6 +41,7 @@ class Kind:
     load: callable      # load(path): returns for a usable file, raises dnnlib.util.InputError otherwise.
     format: str         # 'pickle', 'zip', 'safetensors', 'json' or 'bytes': selects structural mutations.
     file_name: str      # Name the mutant is written under (loaders may check it).
+    fuzzed: bool = True  # Part of the default runs (False: the harness's own self-test).
 
 # ----------------------------------------------------------------------------
 # The file kinds of this toolkit.
@@ -133,11 +134,40 @@ def load_training_state(path):
         torch.set_rng_state(saved_rng)
 
 
+def make_selftest(folder):
+    path = os.path.join(folder, 'selftest.bin')
+    with open(path, 'wb') as f:
+        f.write(b'fine')
+    return path
+
+
+def load_selftest(path):
+    """Misbehaves on purpose (the mutants are SELFTEST), so that tests can check what the harness reports."""
+    import ctypes
+    import dnnlib
+    with open(path, 'rb') as f:
+        data = f.read()
+    if data == b'crash':
+        ctypes.string_at(0)                      # Reads address 0: the interpreter dies (SIGSEGV).
+    if data == b'memory':
+        return bytearray(2 << 30)               # Above the worker's address-space limit.
+    if data == b'hang':
+        time.sleep(3600)
+    if data == b'other':
+        raise KeyError('not an InputError')
+    if data == b'two lines':
+        raise dnnlib.util.InputError('first\nsecond')
+    if data != b'fine':
+        raise dnnlib.util.InputError(f'{path}: refused')
+
+
 KINDS = {kind.name: kind for kind in [
     Kind('network-pickle', make_network_pickle, load_network, 'pickle', 'network.pkl'),
     Kind('training-state', make_training_state, load_training_state, 'zip', 'training-state-000000.pt'),
     Kind('network-safetensors', make_network_safetensors, load_network, 'safetensors', 'network.safetensors'),
+    Kind('selftest', make_selftest, load_selftest, 'selftest', 'selftest.bin', fuzzed=False),
 ]}
+FUZZED = [name for name, kind in KINDS.items() if kind.fuzzed]
 
 # ----------------------------------------------------------------------------
 # Mutations.
@@ -350,7 +380,7 @@ def mutate_safetensors(data, rng):
     n = struct.unpack('<Q', data[:8])[0]
     header, body = data[8:8 + n], data[8 + n:]
     if rng.random() < 0.1:
-        return struct.pack('<Q', rng.choice([0, 1, n - 1, n + 1, 2 ** 40, len(data)])) + data[8:]
+        return struct.pack('<Q', rng.choice([0, 1, max(n - 1, 0), n + 1, 2 ** 40, len(data)])) + data[8:]
     try:
         parsed = json.loads(header)
         objects = parsed['__metadata__']['objects']
@@ -395,11 +425,14 @@ def mutate_zip(data, rng):
 
 
 STRUCTURAL = {'pickle': mutate_pickle, 'zip': mutate_zip, 'safetensors': mutate_safetensors, 'json': mutate_json}
+SELFTEST = [b'fine', b'refused', b'crash', b'memory', b'hang', b'other', b'two lines']   # Mutant i: SELFTEST[i % 7].
 
 
 def mutant(kind, data, seed, index):
     """Mutant `index` of `data` (a function of seed, kind and index only): 1-3 mutations, structural ones twice
     as often as byte-level ones."""
+    if kind.format == 'selftest':
+        return SELFTEST[index % len(SELFTEST)]
     rng = random.Random(f'{seed}:{kind.name}:{index}')
     structural = STRUCTURAL.get(kind.format)
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
@@ -445,7 +478,11 @@ def _worker(conn, folder, memory, seed):
             return
         name, index = message
         kind = KINDS[name]
-        data = mutant(kind, valid[name], seed, index)
+        try:
+            data = mutant(kind, valid[name], seed, index)
+        except Exception:  # pylint: disable=broad-except
+            conn.send((index, 'harness error (making the mutant)', traceback.format_exc(limit=-4)))
+            continue
         os.makedirs(scratch, exist_ok=True)
         path = os.path.join(scratch, kind.file_name)
         with open(path, 'wb') as f:
@@ -499,8 +536,13 @@ def run(kinds, count, folder, seed=0, workers=2, memory=1 << 30, timeout=30, pro
         if outcome not in ('ok', 'input'):
             path = os.path.join(folder, 'failures', f'{name}-{index}.bin')
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, 'wb') as f:
-                f.write(mutant(KINDS[name], _valid(folder, KINDS[name]), seed, index))
+            try:
+                data = mutant(KINDS[name], _valid(folder, KINDS[name]), seed, index)
+            except Exception:  # pylint: disable=broad-except
+                data, path = b'', None
+            if path is not None:
+                with open(path, 'wb') as f:
+                    f.write(data)
             failures.append((name, index, outcome, detail, path))
 
     def launch():
@@ -510,14 +552,14 @@ def run(kinds, count, folder, seed=0, workers=2, memory=1 << 30, timeout=30, pro
         child.close()
         return dict(process=process, conn=parent, job=None, since=None)
 
-    def ready(worker):
+    def started(worker):
         assert worker['conn'].recv()[0] == 'ready'
         return worker
 
     def start_worker():
-        return ready(launch())
+        return started(launch())
 
-    pool = [ready(w) for w in [launch() for _ in range(workers)]]
+    pool = [started(w) for w in [launch() for _ in range(workers)]]
     done = 0
     while jobs or any(w['job'] for w in pool):
         for w in pool:
@@ -531,13 +573,15 @@ def run(kinds, count, folder, seed=0, workers=2, memory=1 << 30, timeout=30, pro
             if w['job'] is None:
                 continue
             name, index = w['job']
+            answer = None
             if w['conn'] in ready:
                 try:
-                    _, outcome, detail = w['conn'].recv()
-                except EOFError:
-                    continue
-                record(name, index, outcome, detail)
-            elif w['process'].sentinel in ready or time.time() - w['since'] > timeout:
+                    answer = w['conn'].recv()
+                except (EOFError, OSError):   # The worker died: handled with its exit code below.
+                    pass
+            if answer is not None:
+                record(name, index, answer[1], answer[2])
+            elif w['conn'] in ready or w['process'].sentinel in ready or time.time() - w['since'] > timeout:
                 w['process'].join(1)
                 if w['process'].is_alive():
                     w['process'].kill()
@@ -548,7 +592,6 @@ def run(kinds, count, folder, seed=0, workers=2, memory=1 << 30, timeout=30, pro
                 record(name, index, outcome, None)
                 w['conn'].close()
                 pool[i] = start_worker()
-                continue
             else:
                 continue
             w['job'] = None

@@ -274,7 +274,8 @@ def test_loading_adds_about_one_copy_of_the_weights(tmp_path):
               f'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)')
     res = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert int(res.stdout.split()[-1]) < 1.3 * weights, (int(res.stdout.split()[-1]), weights)  # Measured: 1.05.
+    # Measured: 1.05-1.45 (2.4 when the network was first constructed on the CPU and the tensors copied in).
+    assert int(res.stdout.split()[-1]) < 1.6 * weights, (int(res.stdout.split()[-1]), weights)
 
 
 # ----------------------------------------------------------------------------

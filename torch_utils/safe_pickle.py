@@ -227,7 +227,7 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
         self.append(self._callable(klass)(*args))
 
     def load_newobj(self):
-        args = self.stack.pop()
+        self.stack.pop()  # Record types take no constructor arguments; BUILD fills them.
         cls = self.stack.pop()
         if not (isinstance(cls, type) and issubclass(cls, Record) and id(cls) in self._allowed_ids):
             self.refuse(f'refusing to create an object of type {printable(getattr(cls, "__name__", "?"))}')
