@@ -168,3 +168,26 @@ def refuse_torchrun(script):
     processes, which would all do the same work and race on the same files."""
     if int(os.environ.get('WORLD_SIZE', '1') or 1) > 1:
         raise click.UsageError(f'{script} runs as one process; start it with python, not torchrun')
+
+
+def check_output_path(path, option, folder=True):
+    """Fail with a usage error (one line, naming `option`) unless `path` can be written: an existing folder (a
+    file with `folder=False`) or a new path whose nearest existing parent is a folder that accepts new entries.
+    The check creates and removes a temporary folder, so special file systems (/proc) are caught; nothing is
+    left behind."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+    path = os.path.abspath(path)
+    if os.path.exists(path) and folder != os.path.isdir(path):
+        kind = 'a file, not a folder' if folder else 'a folder; give the name of the file to write'
+        raise click.BadParameter(f'{printable(path)} is {kind}', param_hint=option)
+    parent = path if folder and os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f'cannot create {printable(path)}: {printable(parent)} is a file, not a folder',
+                                 param_hint=option)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix='.write-test-', dir=parent))
+    except OSError as e:
+        raise click.BadParameter(f'cannot create {printable(path)}: {printable(parent)} does not accept new '
+                                 f'entries ({e.strerror or one_line(e)})', param_hint=option) from None

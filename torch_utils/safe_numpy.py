@@ -3,9 +3,9 @@
 numpy's own reconstruction functions trust their arguments. A dtype rebuilt by `numpy.dtype(...)` and then given a
 state through the pickle's BUILD opcode can acquire object fields; a scalar or array then built from bytes of the
 file makes numpy dereference pointers taken from those bytes (an interpreter crash, or worse). The functions here
-accept only builtin numeric dtypes (bool, signed and unsigned integers, floats, complex), in either byte order,
-whose BUILD state changes nothing but the byte order, and byte strings of exactly the size that the shape and the dtype need. Anything
-else raises ValueError.
+accept only builtin numeric dtypes (bool, signed and unsigned integers, floats, complex) whose BUILD state changes
+nothing but the byte order, and byte strings of exactly the size that the shape and the dtype need. Anything else
+raises ValueError.
 
 `ArrayUnpickler` is a restricted unpickler for files that hold plain containers and numeric arrays (the CIFAR-10
 python batches): numpy's globals are replaced by the checked versions below, every other global is refused.
