@@ -15,7 +15,8 @@ import torch
 
 import dnnlib
 import samplers
-from dnnlib.cli import BoolType, FloatListType, IntListType, bool_option, unsupported_option
+from dnnlib.cli import (BoolType, Command, FloatListType, IntListType, bool_option, check_output_path,
+                        unsupported_option)
 from samplers import generation, selection
 from torch_utils import distributed as dist
 from torch_utils import persistence
@@ -58,19 +59,40 @@ def load_net(network, trust_pickle, device):
 
 
 def check_outdir(outdir):
+    """Create `outdir` (one line if it cannot be made)."""
+    check_output_path(outdir, '--outdir')
     try:
         os.makedirs(outdir, exist_ok=True)
-        probe = os.path.join(outdir, f'.write-test-{os.getpid()}')
-        with open(probe, 'wb'):
-            pass
-        os.remove(probe)
     except OSError as e:
-        raise click.BadParameter(f'cannot write to {outdir}: {e.strerror or e}', param_hint='--outdir')
+        raise click.BadParameter(f'cannot create {outdir} ({e.strerror or e})', param_hint='--outdir')
 
 
-@click.command(epilog=selection.describe_rule())
-@click.option('--network', 'network', help='Network pickle filename or URL', metavar='PATH|URL', required=True)
-@click.option('--outdir', help='Where to save the output images', metavar='DIR', required=True)
+def resolve_model(network, dataset_name, outdir, grid):
+    """(network, outdir or None): --dataset_name picks an official checkpoint and, without --outdir, the GITS
+    toolbox's output folder (its solver/NFE part is added once the sampler is known)."""
+    if dataset_name is None:
+        if network is None:
+            raise click.UsageError('Missing option \'--network\' (or name a model with --dataset_name)')
+        if outdir is None:
+            raise click.UsageError('Missing option \'--outdir\'')
+        return network, outdir
+    if network is not None:
+        raise click.UsageError('--network and --dataset_name both name the model; give one of them')
+    try:
+        network = selection.toolbox_network(dataset_name)
+    except selection.OptionError as e:
+        raise click.BadParameter(str(e), param_hint='--dataset_name') from None
+    if outdir is None:
+        check_output_path(selection.toolbox_outdir(dataset_name, grid), '--outdir')
+    return network, outdir
+
+
+@click.command(cls=Command, epilog=selection.describe_rule())
+@click.option('--network', 'network', help='Network pickle filename or URL', metavar='PATH|URL')
+@click.option('--dataset_name', help='GITS toolbox model name instead of --network: '
+              f'{"|".join(selection.TOOLBOX_MODELS)} (official EDM checkpoints)', metavar='NAME')
+@click.option('--outdir', help='Where to save the output images  [default with --dataset_name: '
+              'samples/NAME/SOLVER_nfeNFE, under samples/grids/ with --grid]', metavar='DIR')
 @click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=IntListType(), default='0-63',
               show_default=True)
 @bool_option('--subdirs', help='Create subdirectory for every 1000 seeds')
@@ -140,7 +162,8 @@ def check_outdir(outdir):
                    'available')
 @unsupported_option('--pfgmpp', 'PFGM++ sampling (docs/design.md, planned model families) is not available')
 @unsupported_option('--aug_dim', 'PFGM++ sampling (docs/design.md, planned model families) is not available')
-def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, **opts):
+def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
+         **opts):
     """Generate images with a diffusion model.
 
     \b
@@ -152,6 +175,10 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
     # iPNDM with a GITS-searched schedule (NFE 6)
     python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --dp=True
     \b
+    # The GITS toolbox's command lines (sample.py -> generate.py)
+    python generate.py --dataset_name=cifar10 --batch=64 --seeds=0-63 \\
+        --grid=True --solver=ipndm --num_steps=7 --max_order=4 --dp=True
+    \b
     # Two processes
     torchrun --standalone --nproc_per_node=2 generate.py --outdir=out --seeds=0-999 --network=net.pkl
     """
@@ -161,21 +188,29 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
         selection.check_sampler(kind, sampler_kwargs)
     except selection.OptionError as e:
         raise click.UsageError(str(e)) from None
+    network, outdir = resolve_model(network, dataset_name, outdir, grid)
+    if outdir is not None:
+        check_output_path(outdir, '--outdir')
     try:
         device = dist.init(device)
     except RuntimeError as e:
         raise click.BadParameter(str(e), param_hint='--device')
     try:
-        _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, kind,
-                  sampler_kwargs, opts)
+        _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid,
+                  trust_pickle, kind, sampler_kwargs, opts)
     finally:
         dist.shutdown()
 
 
-def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, kind,
-              sampler_kwargs, opts):
-    check_outdir(outdir)
+def _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
+              kind, sampler_kwargs, opts):
+    if outdir is not None:
+        check_outdir(outdir)
     net = load_net(network, trust_pickle, device)
+    try:
+        selection.check_net(kind, sampler_kwargs, net)
+    except selection.OptionError as e:
+        raise click.UsageError(str(e)) from None
     if class_idx is not None:
         if not net.label_dim:
             raise click.BadParameter('the network is unconditional (no class labels)', param_hint='--class')
@@ -183,26 +218,32 @@ def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device
             raise click.BadParameter(f'{class_idx} is out of range: the network has {net.label_dim} classes '
                                      f'(0-{net.label_dim - 1})', param_hint='--class')
 
+    search = None
     if kind == 'fast' and opts.get('dp') and 't_steps' not in sampler_kwargs:
         t_steps, search = selection.gits_search(net, network, sampler_kwargs, opts, device)
         dist.print0('GITS time schedule: [' + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
         dist.print0('Reuse it with --t_steps=[' + ','.join(f'{t:g}' for t in t_steps) + ']')
-        if dist.get_rank() == 0:
-            selection.write_json(os.path.join(outdir, 'gits_schedule.json'), dict(search=search, t_steps=t_steps))
         sampler_kwargs.pop('num_steps', None)
         sampler_kwargs['t_steps'] = t_steps
 
     nfe = selection.describe_nfe(kind, sampler_kwargs)
+    if outdir is None:  # --dataset_name without --outdir: the GITS toolbox's folder.
+        solver = sampler_kwargs.get('solver', 'edm')
+        outdir = selection.toolbox_outdir(dataset_name, grid, solver, nfe)
+        check_outdir(outdir)
+    if search is not None and dist.get_rank() == 0:
+        selection.write_json(os.path.join(outdir, 'gits_schedule.json'), dict(search=search, t_steps=t_steps))
     dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}')
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
     sampler_fn = selection.make_sampler_fn(kind, sampler_kwargs)
+    grid_path = generation.grid_path(outdir) if grid else None
     try:
         generation.generate_images(net, seeds, outdir, sampler_fn, max_batch_size=max_batch_size,
-                                   class_idx=class_idx, subdirs=subdirs, device=device)
+                                   class_idx=class_idx, subdirs=subdirs, device=device, grid=grid_path)
     except (ValueError, TypeError) as e:  # Invalid sampler settings detected by the library (one line).
         raise click.ClickException(str(e))
-    if grid and dist.get_rank() == 0:
-        dist.print0(f'Saved grid to {generation.save_grid(outdir, seeds, subdirs)}')
+    if grid:
+        dist.print0(f'Saved grid to {grid_path}')
     dist.barrier()
     dist.print0('Done.')
 

@@ -30,13 +30,16 @@ MODELS = {
 }
 
 
+def pretrained_url(file):
+    """The URL of an official EDM checkpoint file (mirror: EDM_PRETRAINED_BASE)."""
+    base = os.environ.get('EDM_PRETRAINED_BASE') or PRETRAINED_BASE
+    return base.rstrip('/') + '/' + file
+
+
 def network_url(dataset):
     """The bundled file or the official URL of the model for `dataset` (mirror: EDM_PRETRAINED_BASE)."""
     model = MODELS[dataset]
-    if model['file'] is None:
-        return BUNDLED
-    base = os.environ.get('EDM_PRETRAINED_BASE') or PRETRAINED_BASE
-    return base.rstrip('/') + '/' + model['file']
+    return BUNDLED if model['file'] is None else pretrained_url(model['file'])
 
 
 def grid_layout(net, cols=None):
