@@ -153,6 +153,12 @@ class _ErrorsOnce:
             return super().invoke(ctx)
 
 
+class CollectiveError(click.ClickException):
+    """An error that every process raises alike (e.g. a bad combination of options): under torchrun it is shown
+    by rank 0 only."""
+    collective = True
+
+
 class Command(_ErrorsOnce, click.Command):
     """The scripts' click command (`@click.command(cls=Command)`): `InputError`s become their one error line, and
     under torchrun usage errors are printed by rank 0 only (every process exits with the same status)."""
