@@ -9,7 +9,7 @@ import os
 import click
 import torch
 
-from dnnlib.cli import bool_option
+from dnnlib.cli import Command, bool_option
 
 # ----------------------------------------------------------------------------
 
@@ -39,7 +39,7 @@ def recompile(source, dest, trust_pickle=False, verify=True):
         return (net(x, sigma, labels) - rebuilt(x, sigma, labels)).abs().max().item()
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option('--pkl_dir', '--network', 'source', help='Checkpoint to convert (path or URL)', metavar='PATH|URL',
               required=True)
 @click.option('--dest', help='Output pickle  [default: ckpts/<same file name>]', metavar='PATH', default=None)
