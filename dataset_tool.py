@@ -332,7 +332,7 @@ def open_lmdb(source, max_images=None):
             for key, value in txn.cursor():
                 if produced >= count:
                     break
-                where = f'{source}:{key.decode("utf-8", "replace")}'
+                where = printable(f'{source}:{key.decode("utf-8", "replace")}')
                 produced += 1
                 img = cv2.imdecode(np.frombuffer(value, dtype=np.uint8), cv2.IMREAD_COLOR)
                 if img is not None:
