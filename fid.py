@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import dnnlib
 from dnnlib import limits
-from dnnlib.cli import Group, bool_option, check_output_path, one_line
+from dnnlib.cli import Group, bool_option, check_output_path, error_message, one_line
 from dnnlib.util import InputError, printable
 from torch_utils import distributed as dist
 from training.dataset import ImageFolderDataset, ImageShapeError
@@ -131,15 +131,6 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
 # Statistics.
 
 
-def _worker_error_message(e):
-    """The one-line message of an exception, also when a DataLoader worker re-raised it with its traceback."""
-    text = str(e)
-    if 'Original Traceback' in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(': ', 1)[1] if ': ' in last else last
-    return one_line(text)
-
-
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, num_workers=3,
                               prefetch_factor=2, device=None, detector=None, trust_pickle=False, feature_dim=None,
                               progress=True):
@@ -188,7 +179,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                     features = detector(images.to(device), return_features=True)
             except Exception as e:  # pylint: disable=broad-except
                 raise FIDError(f'the feature detector failed on uint8 images of shape {list(images.shape)}: '
-                               f'{_worker_error_message(e)}') from None
+                               f'{error_message(e)}') from None
             if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != images.shape[0]:
                 shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
                 raise FIDError(f'the feature detector returned {shape} for {images.shape[0]} images; expected '
@@ -204,7 +195,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
             mu += features.sum(0)
             sigma += features.T @ features
     except (ImageShapeError, InputError, IOError) as e:
-        raise FIDError(_worker_error_message(e)) from None
+        raise FIDError(error_message(e)) from None
 
     # Ranks without images (fewer images than ranks) learn the feature dimension from rank 0, which always has some.
     dim = dist.broadcast_object(None if mu is None else mu.shape[0])

@@ -43,6 +43,16 @@ def one_line(error):
     return ' '.join(lines[0].split())
 
 
+def error_message(error):
+    """`one_line` of an exception, also when a DataLoader worker re-raised it with its traceback in the message
+    (the original message is then the last line)."""
+    text = str(error)
+    if 'Original Traceback' in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(': ', 1)[1] if ': ' in last else last
+    return one_line(text)
+
+
 def parse_int_list(s, ranges=True, min_value=0):
     """'1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10]; with `ranges=False` only single integers ('2,2,2'). Every value
     must be at least `min_value`. Raises ValueError with a readable message."""
@@ -136,7 +146,7 @@ def _errors_once():
     try:
         yield
     except InputError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(error_message(e)) from None
     except click.ClickException as e:
         if launch_rank() != 0 and (isinstance(e, click.UsageError) or getattr(e, 'collective', False)):
             e.show = lambda file=None: None

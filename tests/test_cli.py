@@ -77,3 +77,21 @@ def test_int_lists():
         with pytest.raises(ValueError) as info:
             cli.parse_int_list(text, ranges=False, min_value=1)
         assert message in str(info.value)
+
+
+def test_worker_error_is_one_line():
+    import torch
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise InputError(f'data.zip:img{i}.png: cannot read (truncated)')
+
+    @click.command(cls=cli.Command)
+    def main():
+        for _ in torch.utils.data.DataLoader(Broken(), num_workers=1):
+            pass
+    result = CliRunner().invoke(main, [])
+    assert result.exit_code == 1 and result.output == 'Error: data.zip:img0.png: cannot read (truncated)\n'

@@ -266,7 +266,7 @@ class ImageFolderDataset(Dataset):
             self._type = 'zip'
             try:
                 self._all_fnames = set(self._get_zipfile().namelist())
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            except Exception as e:  # pylint: disable=broad-except
                 raise InputError(f'{printable(path)}: cannot read zip archive ({printable(one_line(e))})') from None
         else:
             raise InputError(f'{printable(path)}: the dataset path must be a folder or a .zip file')
@@ -292,10 +292,16 @@ class ImageFolderDataset(Dataset):
 
     def _read_file(self, fname):
         """The bytes of a file of the dataset (a zip entry within the limits of `dnnlib.limits`)."""
-        if self._type == 'dir':
-            with open(os.path.join(self._path, fname), 'rb') as f:
-                return f.read()
-        return limits.read_zip_member(self._get_zipfile(), fname, f'{self._path}:{fname}', self._zipfile_size)
+        where = os.path.join(self._path, fname) if self._type == 'dir' else f'{self._path}:{fname}'
+        try:
+            if self._type == 'dir':
+                with open(where, 'rb') as f:
+                    return f.read()
+            return limits.read_zip_member(self._get_zipfile(), fname, where, self._zipfile_size)
+        except InputError:
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            raise InputError(f'{printable(where)}: cannot read ({printable(one_line(e))})') from None
 
     def close(self):
         try:
