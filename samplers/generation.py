@@ -8,7 +8,9 @@ import math
 import os
 
 import numpy as np
+import PIL.Image
 import torch
+import tqdm
 
 from dnnlib.util import atomic_path
 from torch_utils import distributed as dist
@@ -25,7 +27,6 @@ def to_uint8(images):
 
 def save_png(image, path):
     """Write one HWC uint8 image as PNG atomically (grayscale for one channel)."""
-    import PIL.Image
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
@@ -82,7 +83,6 @@ def generate_images(net, seeds, outdir, sampler_fn, *, max_batch_size=64, class_
     gathered from every rank in memory, so the ranks need no shared file system. Returns the paths written by
     this rank.
     """
-    import tqdm
     written = []
     kept = {}  # Index in `seeds` -> image, for the grid.
     batches = dist.rank_batches(len(seeds), max_batch_size)
