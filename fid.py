@@ -3,8 +3,9 @@
 Statistics follow EDM: features of every image (a seeded random subset of `num` images for `calc`) are summed in
 float64 as sum(f) and sum(f^T f) on each rank, all-reduced, and turned into the mean and the unbiased
 covariance. The reference ``.npz`` holds ``mu`` [D] and ``sigma`` [D, D] (float64), the format of EDM's published
-``fid-refs``; only these two members are read, after their headers are checked (`load_reference_stats`). The distance is ||mu - mu_r||^2 + tr(S + S_r - 2 sqrtm(S S_r)) in float64 (scipy.linalg.sqrtm),
-keeping the real part of the result.
+``fid-refs``; only these two members are read, after their headers are checked (`load_reference_stats`). The
+distance is ||mu - mu_r||^2 + tr(S + S_r - 2 sqrtm(S S_r)) in float64 (scipy.linalg.sqrtm), keeping the real part
+of the result.
 
 The feature detector
 --------------------
