@@ -5,6 +5,7 @@ import ast
 import contextlib
 import os
 import re
+import tempfile
 
 import click
 
@@ -182,7 +183,7 @@ class Group(_ErrorsOnce, click.Group):
 def refuse_torchrun(script):
     """Fail with one line (printed once) when a single-process script is started by torchrun with several
     processes, which would all do the same work and race on the same files."""
-    if int(os.environ.get('WORLD_SIZE', '1') or 1) > 1:
+    if os.environ.get('WORLD_SIZE', '1').strip() not in ('', '0', '1'):
         raise click.UsageError(f'{script} runs as one process; start it with python, not torchrun')
 
 
@@ -191,7 +192,6 @@ def check_output_path(path, option, folder=True):
     file with `folder=False`) or a new path whose nearest existing parent is a folder that accepts new entries.
     The check creates and removes a temporary folder, so special file systems (/proc) are caught; nothing is
     left behind."""
-    import tempfile  # pylint: disable=import-outside-toplevel
     path = os.path.abspath(path)
     if os.path.exists(path) and folder != os.path.isdir(path):
         kind = 'a file, not a folder' if folder else 'a folder; give the name of the file to write'
