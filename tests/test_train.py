@@ -409,3 +409,12 @@ def test_usage_errors_shown_by_rank_zero_only(data, tmp_path):
                                      env=dict(RANK=rank, WORLD_SIZE='1'))  # One process that calls itself rank 1.
             errors = [line for line in res.output.splitlines() if line.startswith('Error')]
             assert res.exit_code != 0 and len(errors) == count, res.output
+
+
+def test_config_refuses_zero_channel_multipliers():
+    from training import config
+    for cres in ([0, 1], []):
+        with pytest.raises(config.ConfigError, match='every channel multiplier must be at least 1'):
+            config.build(data='d.zip', cres=cres)
+    with pytest.raises(config.ConfigError, match='--cbase=0 must be at least 1'):
+        config.build(data='d.zip', cbase=0)
