@@ -13,6 +13,7 @@ Errors are `OptionError`s (a ValueError carrying the option it is about), turned
 
 import hashlib
 import json
+import math
 import os
 
 import torch
@@ -21,10 +22,11 @@ import dnnlib
 from torch_utils import distributed as dist
 from . import edm as edm_samplers
 from . import generation
+from .demo import pretrained_url
 from .gits import gits_schedule
 from .registry import SOLVERS, get_solver, option_names, solver_names
 from .sampling import CLD_DEFAULT_NUM_STEPS, DEFAULT_NUM_STEPS, EDM_DEFAULT_NUM_STEPS, sample
-from .schedules import gddim_schedule
+from .schedules import clip_sigma_range, gddim_schedule, get_schedule
 
 ABLATION_KEYS = ('disc', 'schedule', 'scaling')
 ABLATION_TARGETS = dict(disc='discretization', schedule='schedule', scaling='scaling')
@@ -47,6 +49,27 @@ class OptionError(ValueError):
     def __init__(self, message, param=None):
         super().__init__(message)
         self.param = param
+
+
+# The GITS toolbox's --dataset_name values for EDM's pixel-space checkpoints (official files, see samplers.demo).
+TOOLBOX_MODELS = {'cifar10': 'edm-cifar10-32x32-uncond-vp.pkl', 'ffhq': 'edm-ffhq-64x64-uncond-vp.pkl',
+                  'afhqv2': 'edm-afhqv2-64x64-uncond-vp.pkl', 'imagenet64': 'edm-imagenet-64x64-cond-adm.pkl'}
+
+
+def toolbox_network(dataset_name):
+    """The checkpoint URL of a GITS toolbox --dataset_name (raises OptionError for the models it cannot load)."""
+    if dataset_name not in TOOLBOX_MODELS:
+        raise OptionError(f'{dnnlib.util.printable(dataset_name)!r} is not supported; supported: '
+                          f'{", ".join(TOOLBOX_MODELS)} (EDM\'s pixel-space models; give any other checkpoint with '
+                          '--network=PATH|URL)', param='dataset_name')
+    return pretrained_url(TOOLBOX_MODELS[dataset_name])
+
+
+def toolbox_outdir(dataset_name, grid=False, solver=None, nfe=None):
+    """Where the GITS toolbox writes: ./samples/<dataset_name>/<solver>_nfe<NFE>, under ./samples/grids/ with
+    --grid; without `solver` the folder that holds these."""
+    folder = os.path.join('samples', 'grids', dataset_name) if grid else os.path.join('samples', dataset_name)
+    return folder if solver is None else os.path.join(folder, f'{solver}_nfe{nfe}')
 
 
 def describe_rule():
@@ -92,10 +115,15 @@ def _given(opts, keys):
     return [k for k in keys if opts.get(k) is not None and not (k in ODE_KEYS and opts.get(k) is False)]
 
 
+def _options_apply(keys):
+    """'--a only applies' / '--a, --b only apply'."""
+    return f'{", ".join("--" + k for k in keys)} only {"applies" if len(keys) == 1 else "apply"}'
+
+
 def _refuse(opts, keys, what, hint=''):
     given = _given(opts, keys)
     if given:
-        raise OptionError(f'{", ".join("--" + k for k in given)} only apply to the fast solvers '
+        raise OptionError(f'{_options_apply(given)} to the fast solvers '
                           f'(--solver={"|".join(solver_names(kind="ode"))}), not to {what}{hint}')
     for key in _given(opts, [k for k in option_names() if k not in keys and k not in _edm_options()]):
         users = [spec.name for spec in SOLVERS.values() if key in spec.defaults]
@@ -153,8 +181,7 @@ def choose_sampler(opts, note=print, family='denoiser'):
     if opts.get('rho') is not None:
         raise OptionError(f'--rho is EDM\'s time step exponent; --solver={solver} takes --schedule_rho')
     if churn:
-        raise OptionError(f'{", ".join("--" + k for k in churn)} only apply to EDM\'s sampler; '
-                          f'--solver={solver} is deterministic')
+        raise OptionError(f'{_options_apply(list(churn))} to EDM\'s sampler; --solver={solver} is deterministic')
     kwargs = dict(solver=solver, schedule_type=opts.get('schedule_type') or 'polynomial',
                   schedule_rho=7 if opts.get('schedule_rho') is None else opts['schedule_rho'],
                   afs=opts['afs'], denoise_to_zero=opts['denoise_to_zero'])
@@ -218,6 +245,22 @@ def check_sampler(kind, kwargs):
             raise OptionError(str(e)) from None
 
 
+def check_net(kind, kwargs, net):
+    """Validate the options that depend on the loaded network before any work starts (raises OptionError): a fast
+    solver's time schedule is built on it (e.g. schedule_type='discrete' needs a net with its own time variable)
+    and prepared with the solver's options."""
+    if kind != 'fast' or 't_steps' in kwargs:
+        return
+    spec = get_solver(kwargs['solver'])
+    lo, hi = clip_sigma_range(net, kwargs.get('sigma_min', 0.002), kwargs.get('sigma_max', 80))
+    try:
+        t_steps = get_schedule(kwargs['num_steps'], lo, hi, kwargs['schedule_type'], kwargs['schedule_rho'], net=net)
+        if spec.prepare is not None:
+            spec.prepare(t_steps, **spec.check_options({k: v for k, v in kwargs.items() if k in spec.defaults}))
+    except (ValueError, TypeError) as e:
+        raise OptionError(f'this network: {e}') from None
+
+
 def describe_nfe(kind, kwargs):
     """Network evaluations per image of the chosen sampler."""
     if kind == 'ablation':
@@ -255,18 +298,33 @@ def network_fingerprint(network):
     return network
 
 
-def _read_cached(path, search):
-    """The cached schedule at `path` if it is a valid record of exactly this search, else None."""
+MAX_CACHE_BYTES = 1 << 20   # A cached schedule is a few hundred bytes; a larger file is not read.
+
+
+def _read_cached(path, search, check=None):
+    """(schedule, None) if `path` holds a valid record of exactly this `search`, else (None, the reason). `check`
+    (t_steps -> None, raises ValueError) tests the schedule itself, so a planted record is refused too."""
     try:
+        if os.path.getsize(path) > MAX_CACHE_BYTES:
+            return None, f'larger than {MAX_CACHE_BYTES} bytes'
         with open(path, encoding='utf-8') as f:
             record = json.load(f)
-        t_steps = record['t_steps']
-        valid = (record.get('search') == search and isinstance(t_steps, list) and len(t_steps) >= 2
-                 and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in t_steps)
-                 and all(a > b for a, b in zip(t_steps[:-1], t_steps[1:])) and t_steps[-1] > 0)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        valid = False
-    return [float(t) for t in t_steps] if valid else None
+    except (OSError, ValueError, RecursionError):
+        return None, 'not a readable JSON file'
+    if not isinstance(record, dict) or record.get('search') != search:
+        return None, 'not a record of this search'
+    t_steps = record.get('t_steps')
+    if not (isinstance(t_steps, list) and len(t_steps) >= 2
+            and all(type(t) in (int, float) and math.isfinite(t) for t in t_steps)
+            and all(a > b for a, b in zip(t_steps[:-1], t_steps[1:])) and t_steps[-1] > 0):
+        return None, 'its t_steps are not a decreasing list of positive noise levels'
+    t_steps = [float(t) for t in t_steps]
+    if check is not None:
+        try:
+            check(t_steps)
+        except ValueError as e:
+            return None, str(e)
+    return t_steps, None
 
 
 def write_json(path, obj):
@@ -275,19 +333,21 @@ def write_json(path, obj):
         json.dump(obj, f, indent=2)
 
 
-def cached_search(name, search, compute):
+def cached_search(name, search, compute, check=None):
     """Run `compute() -> list of noise levels` on rank 0 unless the cache holds this `search` (a JSON-able dict
-    naming everything that changes the result); broadcast the schedule to every rank."""
+    naming everything that changes the result); broadcast the schedule to every rank. A cache file is used only
+    if it is a record of this search whose schedule passes `check` (see `_read_cached`); otherwise the search
+    runs again and replaces it."""
     digest = hashlib.sha256(json.dumps(search, sort_keys=True).encode()).hexdigest()[:20]
     cache_path = dnnlib.make_cache_dir_path(name, f'{digest}.json')
     t_steps = None
     if dist.get_rank() == 0:
-        t_steps = _read_cached(cache_path, search) if os.path.exists(cache_path) else None
+        t_steps, reason = _read_cached(cache_path, search, check) if os.path.exists(cache_path) else (None, None)
         if t_steps is not None:
             print(f'Reusing the {name.upper()} schedule cached in {cache_path}')
         else:
-            if os.path.exists(cache_path):
-                print(f'Ignoring the invalid cache file {cache_path}')
+            if reason is not None:
+                print(f'Ignoring the cache file {cache_path}: {dnnlib.util.printable(reason)}')
             t_steps = [float(t) for t in torch.as_tensor(compute()).flatten().tolist()]
             write_json(cache_path, dict(search=search, t_steps=t_steps))
     return dist.broadcast_object(t_steps)
@@ -304,6 +364,18 @@ def gits_search(net, network_key, kwargs, opts, device):
                   sigma_max=opts.get('sigma_max') or 80, afs=kwargs['afs'], solver=kwargs['solver'],
                   class_idx=opts.get('class_idx'), **student_options)
 
+    def check(t_steps):
+        # A GITS schedule picks timestamps of the teacher's fine grid, from its first to its last one.
+        lo, hi = clip_sigma_range(net, search['sigma_min'], search['sigma_max'])
+        fine = get_schedule(opts['num_steps_tea'], lo, hi, kwargs['schedule_type'], kwargs['schedule_rho'],
+                            net=net).tolist()
+        sizes = (kwargs['num_steps'], kwargs['num_steps'] + 1) if kwargs['afs'] else (kwargs['num_steps'],)
+        on_grid = all(any(math.isclose(t, f, rel_tol=1e-6) for f in fine) for t in t_steps)
+        ends = math.isclose(t_steps[0], fine[0], rel_tol=1e-6) and math.isclose(t_steps[-1], fine[-1], rel_tol=1e-6)
+        if len(t_steps) not in sizes or not on_grid or not ends:
+            raise ValueError(f'its t_steps are not {kwargs["num_steps"]} points of the teacher\'s '
+                             f'{opts["num_steps_tea"]}-point grid from {fine[0]:g} to {fine[-1]:g}')
+
     def compute():
         # Warm-up latents come from the per-seed generators of seeds 0..num_warmup-1, so the search is
         # deterministic and can be cached.
@@ -317,9 +389,10 @@ def gits_search(net, network_key, kwargs, opts, device):
                                  schedule_type=kwargs['schedule_type'], schedule_rho=kwargs['schedule_rho'],
                                  afs=kwargs['afs'], solver=kwargs['solver'], solver_options=student_options)
 
-    return cached_search('gits', search, compute), search
+    return cached_search('gits', search, compute, check), search
 
 
-__all__ = ['OptionError', 'FAMILIES', 'describe_rule', 'net_family', 'solver_family', 'family_solvers',
-           'choose_sampler', 'precheck', 'check_sampler', 'describe_nfe', 'make_sampler_fn', 'network_fingerprint',
-           'cached_search', 'gits_search', 'write_json']
+__all__ = ['OptionError', 'FAMILIES', 'TOOLBOX_MODELS', 'toolbox_network', 'toolbox_outdir', 'describe_rule',
+           'net_family', 'solver_family', 'family_solvers', 'choose_sampler', 'precheck', 'check_sampler',
+           'check_net', 'describe_nfe', 'make_sampler_fn', 'network_fingerprint', 'cached_search', 'gits_search',
+           'write_json']

@@ -541,7 +541,7 @@ def test_generate_py_refuses_mismatched_solvers_in_one_line(cld_run, tmp_path):
              (cld_network, ['--steps=10'], '--steps cannot be used with a CLD network'),
              (cld_network, ['--langevin=1'], 'set max_order=1'),
              (edm_network, ['--solver=gddim'], 'needs a CLD network, but the network is a scalar-sigma denoiser'),
-             (edm_network, ['--max_order=2'], '--max_order only apply to the fast solvers')]
+             (edm_network, ['--max_order=2'], '--max_order only applies to the fast solvers')]
     for network, args, message in cases:
         code, out = _generate(f'--network={network}', f'--outdir={tmp_path / "out"}', '--seeds=0', *args)
         lines = [line for line in out.splitlines() if line.startswith('Error')]
