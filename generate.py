@@ -1,8 +1,9 @@
-"""Generate images with a trained diffusion model (EDM, fast ODE samplers, CLD with gDDIM).
+"""Generate images with a trained diffusion model (EDM, fast ODE samplers, Itô–Taylor SDE sampler, CLD with gDDIM).
 
 Which sampler runs is decided by one rule, so every published command line keeps its meaning:
   (a) any of --disc/--schedule/--scaling  -> EDM's ablation sampler (--solver euler|heun, --steps);
   (b) else no --solver, or --solver=edm     -> EDM Algorithm 2 (Heun with churn; --steps, --S_* options);
+      --randn_like=ddb or --solver=itotaylor -> the Itô–Taylor SDE sampler on EDM's schedule (docs/itotaylor.md);
   (c) else the named fast solver            -> --num_steps timestamps (the GITS toolbox's meaning);
   (d) CLD networks                          -> gddim (default, NFE 50) or --solver=cld_em (samplers/selection.py).
 
@@ -18,9 +19,9 @@ import click
 
 import dnnlib
 import samplers
-from dnnlib.cli import (BoolType, Command, FloatListType, IntListType, bool_option, check_output_path,
-                        unsupported_option)
+from dnnlib.cli import BoolType, Command, FloatListType, IntListType, bool_option, check_output_path
 from samplers import generation, pfgmpp, selection, sweeps
+from samplers.itotaylor import LAPLACIAN_METHODS
 from torch_utils import distributed as dist
 from torch_utils import persistence
 
@@ -133,7 +134,8 @@ def resolve_model(network, dataset_name, outdir, grid):
 @bool_option('--trust-pickle', 'trust_pickle',
              help='Allow legacy unpickling, which runs code embedded in the checkpoint (trusted files only)')
 # EDM sampler (Algorithm 2) and ablation sampler.
-@click.option('--steps', 'steps', help='EDM: number of noise levels (NFE = 2*steps-1)  [default: 18]',
+@click.option('--steps', 'steps', help='EDM and SDE samplers: number of noise levels (NFE = 2*steps-1)  '
+              '[default: 18]',
               metavar='INT', type=click.IntRange(min=2), default=None)
 @click.option('--sigma_min', help='Lowest noise level  [default: 0.002, clipped to the net]', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True), default=None)
@@ -143,14 +145,14 @@ def resolve_model(network, dataset_name, outdir, grid):
               type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option('--S_churn', 'S_churn', help='EDM: stochasticity strength  [default: 0]', metavar='FLOAT',
               type=click.FloatRange(min=0), default=None)
-@click.option('--S_min', 'S_min', help='EDM: stoch. min noise level  [default: 0]', metavar='FLOAT',
+@click.option('--S_min', 'S_min', help='EDM and SDE samplers: stoch. min noise level  [default: 0]', metavar='FLOAT',
               type=click.FloatRange(min=0), default=None)
-@click.option('--S_max', 'S_max', help='EDM: stoch. max noise level  [default: inf]', metavar='FLOAT',
+@click.option('--S_max', 'S_max', help='EDM and SDE samplers: stoch. max noise level  [default: inf]', metavar='FLOAT',
               type=click.FloatRange(min=0), default=None)
 @click.option('--S_noise', 'S_noise', help='EDM: stoch. noise inflation  [default: 1]', metavar='FLOAT',
               type=float, default=None)
-@click.option('--solver', help='edm (default), EDM ablation euler|heun, a fast solver, or for CLD networks gddim '
-              '(their default) or cld_em',
+@click.option('--solver', help='edm (default), EDM ablation euler|heun, a fast solver, the SDE samplers '
+              'itotaylor|edm_em, or for CLD networks gddim (their default) or cld_em',
               type=click.Choice(samplers.solver_names()), default=None)
 @click.option('--disc', help='Ablation: time step discretization', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
 @click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(['vp', 've', 'linear']))
@@ -179,6 +181,11 @@ def resolve_model(network, dataset_name, outdir, grid):
 # SDE samplers.
 @click.option('--langevin', help='Langevin strength of the SDE samplers: 0 = probability-flow ODE, 1 = reverse SDE  '
               '[default: solver\'s]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
+@click.option('--randn_like', help='Noise drawn per step: db = Gaussian (EDM), ddb = (dW, dZ) pairs of the Ito-Taylor '
+              f'sampler (selects --solver=itotaylor)  [default: {selection.DEFAULT_RANDN_LIKE}]',
+              type=click.Choice(list(selection.RANDN_LIKE)), default=None)
+@click.option('--laplacian', help='itotaylor: Laplacian estimate of the weak-order-2 term  [default: hutchinson]',
+              type=click.Choice(list(LAPLACIAN_METHODS)), default=None)
 # GITS schedule search.
 @bool_option('--dp', help='GITS: search the time schedule by dynamic programming')
 @click.option('--metric', help='GITS: cost metric', type=click.Choice(['dev', 'l1', 'l2']), default='dev',
@@ -208,8 +215,6 @@ def resolve_model(network, dataset_name, outdir, grid):
               type=IntListType(), default=None)
 @click.option('--quant_bits', help='Robustness: weight quantisation bits (folders *_quant_B)', metavar='LIST',
               type=IntListType(), default=None)
-@unsupported_option('--randn_like', 'the Ito-Taylor SDE sampler (docs/design.md, planned model families) is not '
-                   'available')
 def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
          **opts):
     """Generate images with a diffusion model.
@@ -219,6 +224,9 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
     # 64 images from an official EDM model (EDM Algorithm 2, 18 steps)
     python generate.py --outdir=out --seeds=0-63 --batch=64 \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    \b
+    # Ito-Taylor SDE sampler (2nd-SED), 84 noise levels, rho = 3
+    python generate.py --outdir=out --network=net.pkl --steps=84 --randn_like=ddb --rho=3
     \b
     # iPNDM with a GITS-searched schedule (NFE 6)
     python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --dp=True
@@ -294,14 +302,15 @@ def _generate_one(net, network, kimg, dataset_name, outdir, seeds, subdirs, clas
         sampler_kwargs.pop('num_steps', None)
         sampler_kwargs['t_steps'] = t_steps
 
-    nfe = selection.describe_nfe(kind, sampler_kwargs)
+    nfe = selection.describe_nfe(kind, sampler_kwargs, net)
+    cost = selection.describe_cost(kind, sampler_kwargs, net)
     if outdir is None:  # --dataset_name without --outdir: the GITS toolbox's folder.
         solver = sampler_kwargs.get('solver', 'edm')
         outdir = selection.toolbox_outdir(dataset_name, grid, solver, nfe)
         check_outdir(outdir)
     if search is not None and dist.get_rank() == 0:
         selection.write_json(os.path.join(outdir, 'gits_schedule.json'), dict(search=search, t_steps=t_steps))
-    dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}')
+    dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}' + (f' ({cost})' if cost else ''))
     chosen = sweeps.variants(opts['alpha'], opts['steps_sweep'], opts['quant_bits'])
     single = kimg is None and chosen == [None] and not opts['save_images']
     grid_path = generation.grid_path(outdir) if grid and single else None
