@@ -1,5 +1,4 @@
 """generate.py: sampler rule, file layout, one-line errors, seeds independent of batch size and process count."""
-import hashlib
 import os
 import re
 import pickle
@@ -17,6 +16,7 @@ from samplers import selection
 
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's own jvp decompositions
 from training import networks
+from conftest import png_digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,17 +46,6 @@ def nets(tmp_path_factory):
 def run(args):
     result = CliRunner().invoke(generate.main, args, catch_exceptions=False)
     return result.exit_code, result.output
-
-
-def digests(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.endswith('.png'):
-                with open(os.path.join(root, name), 'rb') as f:
-                    out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.md5(f.read()).hexdigest()
-    return out
-
 
 
 @pytest.mark.parametrize('args,kind,expected', [
@@ -191,13 +180,13 @@ def test_layout_subdirs_grid_and_determinism(nets, tmp_path):
     code, out = run([f'--network={nets["cond"]}', f'--outdir={tmp_path / "a"}', '--seeds=998-1001', '--batch=3',
                      '--steps=3', '--subdirs=True', '--grid'])
     assert code == 0, out
-    assert sorted(digests(tmp_path / 'a')) == ['000000/000998.png', '000000/000999.png', '001000/001000.png',
+    assert sorted(png_digests(tmp_path / 'a')) == ['000000/000998.png', '000000/000999.png', '001000/001000.png',
                                                 '001000/001001.png']
     # Same seeds, other batch size and a forced class only for... nothing else: identical bytes.
     code, out = run([f'--network={nets["cond"]}', f'--outdir={tmp_path / "b"}', '--seeds=998-1001', '--batch=1',
                      '--steps=3', '--subdirs'])
     assert code == 0, out
-    a, b = digests(tmp_path / 'a'), digests(tmp_path / 'b')
+    a, b = png_digests(tmp_path / 'a'), png_digests(tmp_path / 'b')
     assert a == b
     import PIL.Image
     with PIL.Image.open(tmp_path / 'a-grid.png') as img:
@@ -211,7 +200,7 @@ def test_class_option_changes_only_labels(nets, tmp_path):
     assert code == 0
     code, _ = run([f'--network={nets["cond"]}', f'--outdir={tmp_path / "d"}', '--seeds=0-1', '--steps=3',
                    '--class=3'])
-    assert digests(tmp_path / 'c') != digests(tmp_path / 'd')
+    assert png_digests(tmp_path / 'c') != png_digests(tmp_path / 'd')
 
 
 def test_fast_solver_and_ablation_run(nets, tmp_path):
@@ -261,7 +250,7 @@ def test_torchrun_two_processes_match_single_process(nets, tmp_path):
     multi = subprocess.run(torchrun + [f'--outdir={tmp_path / "two"}', '--batch=2', '--grid=True', *common],
                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert multi.returncode == 0, multi.stderr[-2000:]
-    one, two = digests(tmp_path / 'one'), digests(tmp_path / 'two')
+    one, two = png_digests(tmp_path / 'one'), png_digests(tmp_path / 'two')
     assert len(one) == 5 and one == two
     # The grid is gathered from both ranks in memory: the same pixels.
     import PIL.Image
@@ -293,7 +282,7 @@ def test_gits_search_saved_cached_and_reusable(nets, tmp_path, monkeypatch):
     code, out = run([f'--network={nets["cond"]}', '--seeds=0-1', '--solver=ipndm', f'--outdir={tmp_path / "ts"}',
                      '--t_steps=[' + ','.join(repr(t) for t in t_steps) + ']'])
     assert code == 0, out
-    assert digests(tmp_path / 'dp1') == digests(tmp_path / 'dp2') == digests(tmp_path / 'ts')
+    assert png_digests(tmp_path / 'dp1') == png_digests(tmp_path / 'dp2') == png_digests(tmp_path / 'ts')
 
 
 def test_toolbox_options_ignored_where_meaningless(nets, tmp_path):
@@ -418,7 +407,7 @@ def test_dataset_name_gits_command_line(official, tmp_path, monkeypatch):
     code, out = run([f'--network={official / "edm-cifar10-32x32-uncond-vp.pkl"}', '--outdir=direct', '--seeds=0-3',
                      '--solver=euler', '--num_steps=3'])
     assert code == 0, out
-    assert digests(tmp_path / 'samples' / 'cifar10' / 'euler_nfe2') == digests(tmp_path / 'direct')
+    assert png_digests(tmp_path / 'samples' / 'cifar10' / 'euler_nfe2') == png_digests(tmp_path / 'direct')
     code, out = run(['--dataset_name=imagenet64', '--seeds=0', '--steps=2', '--class=3'])
     assert code == 0 and (tmp_path / 'samples' / 'imagenet64' / 'edm_nfe3' / '000000.png').is_file(), out
 

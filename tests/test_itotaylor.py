@@ -22,15 +22,8 @@ S = 0.5  # data standard deviation of the Gaussian test
 GAUSS = Gaussian(torch.zeros(1, 1, 1), S ** 2)
 MIXTURE_1D = GaussianMixture(torch.tensor([[-1.0], [1.0]]), [0.09, 0.09], shape=(1, 1, 1))
 
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's own jvp decompositions
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # Tiny tensors: a second thread only adds overhead on a busy machine.
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated'),  # torch's own jvp decompositions
+              pytest.mark.usefixtures('one_thread')]
 
 
 def taylor(net, langevin=1.0, laplacian='hutchinson'):
