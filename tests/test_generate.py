@@ -13,8 +13,6 @@ from click.testing import CliRunner
 
 import generate
 from samplers import selection
-
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's own jvp decompositions
 from training import networks
 from conftest import png_digests
 
@@ -139,25 +137,22 @@ def test_randn_like_needs_a_scalar_sigma_denoiser():
     assert selection.choose_sampler({**OPTS, 'randn_like': 'db'}, family='cld')[1]['solver'] == 'gddim'
 
 
+@pytest.mark.usefixtures('one_thread')
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's own jvp decompositions
 def test_itotaylor_command_is_seed_deterministic(nets, tmp_path):
     # The published command scaled down on a tiny net: the same bytes for every batch size.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # Tiny tensors: more threads only add overhead on a busy machine.
-    try:
-        common = [f'--network={nets["cond"]}', '--seeds=0-2', '--steps=3', '--randn_like=ddb', '--rho=3', '--subdirs']
-        code, out = run([f'--outdir={tmp_path / "a"}', '--batch=3', *common])
-        assert code == 0, out
-        assert 'NFE = 5 (1 forward pass + 2 JVPs + 2 nested JVPs)' in out and '"solver": "itotaylor"' in out
-        assert run([f'--outdir={tmp_path / "b"}', '--batch=1', *common])[0] == 0
-        # EDM Algorithm 2 (--randn_like=db, the default) and the probability-flow ODE give other images.
-        assert run([f'--outdir={tmp_path / "c"}', '--batch=3', *common[:3], '--randn_like=db', '--rho=3'])[0] == 0
-        assert run([f'--outdir={tmp_path / "d"}', '--batch=3', *common, '--langevin=0'])[0] == 0
-    finally:
-        torch.set_num_threads(threads)
-    a = digests(tmp_path / 'a')
-    assert sorted(a) == [f'000000/{s:06d}.png' for s in range(3)] and a == digests(tmp_path / 'b')
+    common = [f'--network={nets["cond"]}', '--seeds=0-2', '--steps=3', '--randn_like=ddb', '--rho=3', '--subdirs']
+    code, out = run([f'--outdir={tmp_path / "a"}', '--batch=3', *common])
+    assert code == 0, out
+    assert 'NFE = 5 (1 forward pass + 2 JVPs + 2 nested JVPs)' in out and '"solver": "itotaylor"' in out
+    assert run([f'--outdir={tmp_path / "b"}', '--batch=1', *common])[0] == 0
+    a = png_digests(tmp_path / 'a')
+    assert sorted(a) == [f'000000/{s:06d}.png' for s in range(3)] and a == png_digests(tmp_path / 'b')
     assert len(set(a.values())) == 3
-    c, d = digests(tmp_path / 'c'), digests(tmp_path / 'd')
+    # EDM Algorithm 2 (--randn_like=db, the default) and the probability-flow ODE give other images.
+    assert run([f'--outdir={tmp_path / "c"}', '--batch=3', *common[:3], '--randn_like=db', '--rho=3'])[0] == 0
+    assert run([f'--outdir={tmp_path / "d"}', '--batch=3', *common, '--langevin=0'])[0] == 0
+    c, d = png_digests(tmp_path / 'c'), png_digests(tmp_path / 'd')
     assert len({a['000000/000000.png'], c['000000.png'], d['000000/000000.png']}) == 3
 
 
@@ -172,7 +167,7 @@ def test_published_itotaylor_command_on_the_demo_checkpoint(tmp_path):
                               '--subdirs'], cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, res.stderr[-2000:]
         assert 'NFE = 7 (1 forward pass + 3 JVPs + 3 nested JVPs)' in res.stdout
-    a, b = digests(outs[4]), digests(outs[1])
+    a, b = png_digests(outs[4]), png_digests(outs[1])
     assert sorted(a) == [f'000000/{s:06d}.png' for s in range(4)] and a == b
 
 
@@ -219,7 +214,7 @@ def test_fast_solver_and_ablation_run(nets, tmp_path):
     (['--network={cond}', '--outdir={blocked}/sub'], "Invalid value for '?--outdir"),
     (['--network={notapickle}'], 'cannot load network'),
     (['--network={cond}', '--randn_like=dbb'], "Invalid value for '?--randn_like'?: 'dbb' is not one of 'db', 'ddb'"),
-    (['--network={cond}', '--randn_like=ddb', '--solver=ipndm'], 'Invalid value for .--randn_like.: '
+    (['--network={cond}', '--randn_like=ddb', '--solver=ipndm'], "Invalid value for '?--randn_like'?: "
      '--randn_like=ddb does not fit --solver=ipndm: it takes --randn_like=db'),
 ])
 def test_errors_are_one_line(nets, tmp_path, args, message):
