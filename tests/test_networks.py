@@ -276,7 +276,11 @@ def test_raw_unet_jvp_matches_finite_difference(kind):
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
 @pytest.mark.parametrize('cls,kw', [('VPPrecond', SONG_SMALL), ('VEPrecond', NCSN_SMALL), ('iDDPMPrecond', ADM_SMALL),
-                                    ('EDMPrecond', dict(NCSN_SMALL, augment_dim=2))])
+                                    ('EDMPrecond', dict(NCSN_SMALL, augment_dim=2)),
+                                    ('EDMPrecond', dict(SONG_SMALL, pfgmpp=True, D=128)),
+                                    ('FDM_EDMPrecond', dict(SONG_SMALL, fdm_multiplier=2.0)),
+                                    ('FDM_VPPrecond', dict(SONG_SMALL, fdm_multiplier=1.0)),
+                                    ('FDM_VEPrecond', NCSN_SMALL)])
 def test_precond_jvp_matches_reverse_mode(cls, kw):
     # float32, as sampled: <u, J v> from forward mode equals <J^T u, v> from reverse mode, tangents in x and sigma.
     net = _small_precond(getattr(networks, cls), **kw)
