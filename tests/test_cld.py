@@ -31,16 +31,9 @@ from training.demo_data import write_dataset
 from training.networks import EDMPrecond
 from training.cld import CLD
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors (tests/conftest.py)
+
 apply, split, stack = CLD.apply, CLD.split, CLD.stack
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Many tiny float64 ops: one thread avoids oversubscription on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 F64 = dict(dtype=torch.float64)
@@ -541,7 +534,7 @@ def test_generate_py_refuses_mismatched_solvers_in_one_line(cld_run, tmp_path):
              (cld_network, ['--steps=10'], '--steps cannot be used with a CLD network'),
              (cld_network, ['--langevin=1'], 'set max_order=1'),
              (edm_network, ['--solver=gddim'], 'needs a CLD network, but the network is a scalar-sigma denoiser'),
-             (edm_network, ['--max_order=2'], '--max_order only apply to the fast solvers')]
+             (edm_network, ['--max_order=2'], '--max_order only applies to the fast solvers')]
     for network, args, message in cases:
         code, out = _generate(f'--network={network}', f'--outdir={tmp_path / "out"}', '--seeds=0', *args)
         lines = [line for line in out.splitlines() if line.startswith('Error')]

@@ -98,6 +98,10 @@ def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch
         raise ConfigError(f'--arch={arch} is unknown; supported: {", ".join(ARCHS)}')
     if transfer is not None and resume is not None:
         raise ConfigError('--transfer/--pretrain and --resume cannot be combined (resume continues its own run)')
+    if cres is not None and (len(cres) == 0 or any(int(m) < 1 for m in cres)):
+        raise ConfigError(f'--cres={",".join(str(m) for m in cres)}: every channel multiplier must be at least 1')
+    if cbase is not None and cbase < 1:
+        raise ConfigError(f'--cbase={cbase} must be at least 1')
     if batch < 1 or (batch_gpu is not None and batch_gpu < 1):
         raise ConfigError('--batch and --batch-gpu must be positive')
     if batch % world_size:
