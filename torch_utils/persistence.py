@@ -339,11 +339,9 @@ def _pickle_globals(name):
             ('torch.storage', '_load_from_bytes'): load_blob,
             ('torch', 'device'): device,
             ('dnnlib.util', 'EasyDict'): _EasyDictStub,
-            ('numpy', 'dtype'): safe_pickle.numpy_dtype(name, 'network pickle'),
             ('builtins', 'slice'): slice, ('__builtin__', 'slice'): slice,
         }
-        for core in ('numpy.core', 'numpy._core'):
-            allowed[(core + '.multiarray', 'scalar')] = safe_pickle.numpy_scalar(name)
+        allowed.update(safe_pickle.numpy_globals(ref))
         for kind, stub in _CONTAINERS.items():
             allowed[('torch.nn.modules.container', kind)] = stub
         allowed.update(safe_pickle.tensor_globals(name))
@@ -431,8 +429,10 @@ class _Builder:
             result = type(obj)((self.convert(k, depth + 1), self.convert(v, depth + 1)) for k, v in obj.items())
         elif isinstance(obj, (list, tuple, set, frozenset)):
             result = type(obj)(self.convert(v, depth + 1) for v in obj)
-        elif _is_scalar(obj) or isinstance(obj, (bytes, complex, slice, np.dtype, np.generic, torch.Tensor,
-                                                 torch.Size, torch.device, torch.dtype)):
+        elif isinstance(obj, safe_pickle.NumpyDtype):
+            result = obj.dtype
+        elif _is_scalar(obj) or isinstance(obj, (bytes, complex, slice, np.generic, torch.Tensor, torch.Size,
+                                                 torch.device, torch.dtype)):
             result = obj
         elif isinstance(obj, _ContainerStub):
             self.fail(f'a {obj.kind} outside any network')

@@ -4,20 +4,20 @@ One engine, :class:`Unpickler` (Python's own pure-Python unpickler with its dang
 every pickle the toolkit accepts without trust: network pickles (`torch_utils.persistence`), the `data.pkl` of
 `torch.save` archives (`load_torch_zip`, training states) and the tensor blobs inside network pickles
 (`load_storage_blob`). Callers pass a table of allowed globals; this module supplies safe entries for plain
-containers, torch tensors and numpy scalars, dtypes and arrays (`container_globals`, `tensor_globals`,
-`numpy_globals`).
+containers, torch tensors and numpy scalars (`container_globals`, `tensor_globals`, `numpy_globals`).
 
 What the engine guarantees, whatever the bytes:
 
 - Globals outside the table are refused (`UnsafePickleError`); objects are created only by the table's
-  functions, which check their arguments. ``BUILD`` is applied only to the engine's own record types, to numpy
-  dtypes and arrays (whose state is checked first) and to plain containers; ``NEWOBJ`` only to record types.
+  functions, which check their arguments. ``BUILD`` is applied only to the engine's own record types (a numpy
+  dtype is one: its state is checked) and to plain containers; ``NEWOBJ`` only to record types.
 - Every length prefix is checked against the bytes that remain, so a file cannot request more memory than its
   size; tensor data is read only from bytes that are present (uncompressed), so all tensors together hold at most
   the file's size; copies made by allow-listed constructors are charged to a budget (`Budget`).
 - Tensors are views inside their storage, never overlapping themselves (no stride-0 expansions).
 - Numpy: only builtin numeric dtypes (bool, int, uint, float, complex), no state changes beyond byte order,
-  scalars from exactly ``itemsize`` bytes (a dtype with object fields would let bytes become pointers).
+  scalars from exactly ``itemsize`` bytes (a dtype with object fields would let bytes become pointers); the checks
+  are those of `torch_utils.safe_numpy`, which also serves the CIFAR-10 reader.
 - Any other failure becomes :class:`dnnlib.util.InputError` with one line naming the file; ``MemoryError`` is
   passed through (it means a limit here is missing).
 
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from dnnlib.util import InputError, printable
+from torch_utils import safe_numpy
 
 MAX_DEPTH = 100                 # Nesting of containers in loaded data.
 MAX_ITEMS = 1_000_000           # Items of loaded data, counted along every path that reaches them.
@@ -243,11 +244,10 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
         state = self.stack.pop()
         inst = self.stack[-1]
         if isinstance(inst, Record):
-            inst.__setstate__(state)
-        elif isinstance(inst, np.dtype):
-            _build_dtype(self, inst, state)
-        elif isinstance(inst, _GuardedArray):
-            _build_array(self, inst, state)
+            try:
+                inst.__setstate__(state)
+            except ValueError as e:   # A record's own check (e.g. a numpy dtype's state).
+                self.refuse(f'refusing {printable(e, 160)}')
         elif isinstance(inst, collections.OrderedDict) and (not state or _metadata_state(state)):
             if state:
                 inst._metadata = state['_metadata']  # What torch's state_dict() pickles as attributes.
@@ -614,100 +614,41 @@ def _load_torch_zip(file, name, allowed_fn, hint, max_pickle):
     return unpickler.load()
 
 # ----------------------------------------------------------------------------
-# Numpy.
-
-_NUMPY_DTYPES = {'b1'} | {f'{k}{n}' for k in 'iu' for n in (1, 2, 4, 8)} | {'f2', 'f4', 'f8', 'c8', 'c16'}
+# Numpy (the checks themselves are those of torch_utils.safe_numpy).
 
 
-def numpy_dtype(name, where='pickle'):
-    """The `numpy.dtype` global: builtin numeric types only (bool, int, uint, float, complex), as fresh objects."""
-    def make(spec, align=False, copy=True):
-        if not isinstance(spec, str) or spec not in _NUMPY_DTYPES or align is not False or copy is not True:
-            fail(name, f'refusing numpy dtype {printable(repr(spec), 40)} in the {where} (only plain builtin '
-                       'bool, int, uint, float and complex types)', UnsafePickleError)
-        return np.dtype(spec, align=False, copy=True)
-    return make
+class NumpyDtype(Record):
+    """What the `numpy.dtype` global makes: a plain numeric dtype (`.dtype`) whose BUILD state may change nothing
+    but the byte order. A record rather than the dtype itself, so that BUILD updates every reference to it."""
 
+    def __init__(self, spec, align=False, copy=False):
+        self.dtype = safe_numpy.plain_dtype(spec, align, copy)
 
-def _build_dtype(unpickler, dtype, state):
-    # A fresh builtin dtype's own pickled state, possibly with another byte order (files from big-endian machines).
-    canonical = dtype.__reduce__()[2]
-    orders = ('|',) if dtype.itemsize == 1 or dtype.kind == 'b' else ('<', '>', '=')
-    if not (isinstance(state, tuple) and len(state) == len(canonical) and state[0] == canonical[0]
-            and state[1] in orders and state[2:] == canonical[2:]):
-        unpickler.refuse('refusing to change a numpy dtype beyond its byte order')
-    if state[1] != canonical[1]:
-        dtype.__setstate__(state)
-
-
-def numpy_scalar(name):
-    """The `numpy.core.multiarray.scalar` global: a scalar of a checked dtype from exactly its item size of bytes."""
-    def make(dtype, data=None):
-        if isinstance(data, str):
-            data = data.encode('latin1')  # Python 2 pickles.
-        if not isinstance(dtype, np.dtype) or dtype.str[1:] not in _NUMPY_DTYPES or not isinstance(data, bytes) \
-                or len(data) != dtype.itemsize:
-            fail(name, 'invalid numpy scalar (a plain numeric dtype and exactly its item size of bytes expected)')
-        return np.frombuffer(data, dtype=dtype)[0].copy()
-    return make
-
-
-class _Marker:
-    """A global that pickles only pass as an argument: not callable."""
-
-
-class _GuardedArray(np.ndarray):
-    """An array made by the `_reconstruct` global; BUILD checks its state first (see `_build_array`)."""
-
-
-def _check_array(unpickler, shape, dtype, data):
-    if not isinstance(dtype, np.dtype) or dtype.str[1:] not in _NUMPY_DTYPES:
-        unpickler.refuse('refusing an array of a numpy dtype other than a plain builtin numeric type')
-    shape = _check_int_tuple(shape, 'shape', unpickler.name)
-    if isinstance(data, str):
-        data = data.encode('latin1')  # Python 2 pickles.
-    count = 1
-    for s in shape:
-        count *= s
-    if not isinstance(data, (bytes, bytearray)) or len(data) != count * dtype.itemsize:
-        fail(unpickler.name, f'array of shape {list(shape)} and type {dtype} with {len(data)} bytes of data'
-                             if isinstance(data, (bytes, bytearray)) else 'array data is not bytes')
-    return shape, data
-
-
-def _build_array(unpickler, array, state):
-    if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[3], bool)):
-        unpickler.refuse('refusing an unexpected numpy array state')
-    version, shape, dtype, fortran, data = state
-    shape, data = _check_array(unpickler, shape, dtype, data)
-    np.ndarray.__setstate__(array, (version, shape, dtype, fortran, data))
+    def __setstate__(self, state):
+        self.dtype = safe_numpy.check_dtype_state(safe_numpy.plain_dtype(self.dtype.str), state)
 
 
 def numpy_globals(unpickler_ref):
-    """Allowed globals for numpy scalars and arrays (`numpy.core` and `numpy._core` spellings). Arrays come out as a
-    subclass of `np.ndarray` (use `np.asarray` for the plain type)."""
-    name = lambda: unpickler_ref().name  # noqa: E731
+    """Allowed globals for numpy scalars (`numpy.dtype` and `numpy.core.multiarray.scalar`, both spellings)."""
+    def dtype(*args):
+        try:
+            return NumpyDtype(*args)
+        except ValueError as e:
+            unpickler_ref().refuse(f'refusing {e}')
 
-    def reconstruct(subtype, shape, code):
-        if subtype is not ndarray or shape != (0,) or code not in (b'b', 'b'):
-            unpickler_ref().refuse('refusing numpy _reconstruct with unexpected arguments')
-        return np.ndarray.__new__(_GuardedArray, (0,), np.uint8)
+    def scalar(spec, data=None):
+        if not isinstance(spec, NumpyDtype) or data is None:
+            unpickler_ref().refuse('refusing a numpy scalar without a checked dtype and its bytes')
+        try:
+            return safe_numpy.scalar_from_bytes(spec.dtype, data).copy()
+        except ValueError as e:
+            unpickler_ref().refuse(f'refusing {e}')
 
-    def frombuffer(data, dtype, shape, order):
-        if order not in ('C', 'F'):
-            unpickler_ref().refuse('refusing numpy _frombuffer with an unknown order')
-        shape, data = _check_array(unpickler_ref(), shape, dtype, bytes(data) if isinstance(data, bytearray)
-                                   else data)
-        return np.frombuffer(data, dtype=dtype).reshape(shape, order=order).copy(order=order)
-
-    ndarray = _Marker()  # numpy.ndarray is only ever an argument of _reconstruct, never called.
-    table = {('numpy', 'dtype'): lambda *a: numpy_dtype(name())(*a),
-             ('numpy', 'ndarray'): ndarray}
+    table = {('numpy', 'dtype'): dtype}
     for core in ('numpy.core', 'numpy._core'):
-        table[(core + '.multiarray', 'scalar')] = lambda *a: numpy_scalar(name())(*a)
-        table[(core + '.multiarray', '_reconstruct')] = reconstruct
-        table[(core + '.numeric', '_frombuffer')] = frombuffer
+        table[(core + '.multiarray', 'scalar')] = scalar
     return table
+
 
 # ----------------------------------------------------------------------------
 # Loaded data.
@@ -747,7 +688,7 @@ def check_structure(obj, name, max_items=MAX_ITEMS, max_depth=MAX_DEPTH, leaf=No
 def read_pickle(file, name, allowed_fn, hint='', persistent=None, size=None, encoding='ASCII'):
     """Unpickle `file` (a binary file object) from its current position with the table `allowed_fn(unpickler_ref)`
     plus plain containers; returns (object, unpickler). The size is what remains of the file unless given;
-    `encoding` decodes Python 2 strings (e.g. 'latin1' for the CIFAR-10 batches, with `numpy_globals`)."""
+    `encoding` decodes Python 2 strings (e.g. 'latin1')."""
     if size is None:
         start = file.tell()
         size = file.seek(0, os.SEEK_END) - start
