@@ -19,7 +19,7 @@ import torch
 
 import dnnlib
 from tests import fuzzing
-from torch_utils import persistence, safe_pickle
+from torch_utils import persistence
 from training import networks, training_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
