@@ -19,6 +19,7 @@ from dnnlib.cli import BoolType, FloatListType, IntListType, bool_option, unsupp
 from samplers import generation, selection
 from torch_utils import distributed as dist
 from torch_utils import persistence
+from torch_utils import precision as fast
 
 ODE_SOLVERS = tuple(samplers.solver_names(kind='ode'))
 TEACHERS = tuple(samplers.solver_names(kind='ode', teacher=True))
@@ -54,7 +55,10 @@ def load_net(network, trust_pickle, device):
         raise click.BadParameter(str(e), param_hint='--network')
     except (pickle.UnpicklingError, dnnlib.util.DownloadError, EOFError, ValueError, OSError) as e:
         raise click.ClickException(f'cannot load network {network}: {e}')
-    return data['ema'].eval().requires_grad_(False).to(device)
+    net = data['ema'].eval().requires_grad_(False).to(device)
+    del data
+    fast.release_memory()  # Hand the loader's transient copy back to the OS before sampling starts.
+    return net
 
 
 def check_outdir(outdir):
@@ -82,6 +86,11 @@ def check_outdir(outdir):
 @bool_option('--grid', help='Also save the images as one grid PNG next to the folder (OUTDIR-grid.png)')
 @bool_option('--trust-pickle', 'trust_pickle',
              help='Allow legacy unpickling, which runs code embedded in the checkpoint (trusted files only)')
+# Speed (torch_utils/precision.py).
+@click.option('--precision', help='Network precision: fp32, or autocast to bf16 (CPU, CUDA) or fp16 (CUDA)',
+              type=click.Choice(list(fast.PRECISIONS)), default='fp32', show_default=True)
+@bool_option('--compile', 'compile_net', help='torch.compile the network (the first batch compiles)')
+@bool_option('--tf32', help='Allow TF32 matrix products and convolutions on CUDA')
 # EDM sampler (Algorithm 2) and ablation sampler.
 @click.option('--steps', 'steps', help='EDM: number of noise levels (NFE = 2*steps-1)  [default: 18]',
               metavar='INT', type=click.IntRange(min=2), default=None)
@@ -140,7 +149,8 @@ def check_outdir(outdir):
                    'available')
 @unsupported_option('--pfgmpp', 'PFGM++ sampling (docs/design.md, planned model families) is not available')
 @unsupported_option('--aug_dim', 'PFGM++ sampling (docs/design.md, planned model families) is not available')
-def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, **opts):
+def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, precision,
+         compile_net, tf32, **opts):
     """Generate images with a diffusion model.
 
     \b
@@ -148,6 +158,9 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
     # 64 images from an official EDM model (EDM Algorithm 2, 18 steps)
     python generate.py --outdir=out --seeds=0-63 --batch=64 \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    \b
+    # The same in bfloat16 (autocast; on the CPU about 1.6x faster where it has AVX512-BF16)
+    python generate.py --outdir=out --seeds=0-63 --precision=bf16 --network=net.pkl
     \b
     # iPNDM with a GITS-searched schedule (NFE 6)
     python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --dp=True
@@ -165,17 +178,25 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
         device = dist.init(device)
     except RuntimeError as e:
         raise click.BadParameter(str(e), param_hint='--device')
+    speed = dict(precision=precision, compile=compile_net, tf32=tf32)
     try:
         _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, kind,
-                  sampler_kwargs, opts)
+                  sampler_kwargs, opts, speed)
     finally:
         dist.shutdown()
 
 
 def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, kind,
-              sampler_kwargs, opts):
+              sampler_kwargs, opts, speed):
+    try:
+        note = fast.check(speed['precision'], device)
+    except fast.PrecisionError as e:
+        raise click.BadParameter(str(e), param_hint='--precision')
+    if note:
+        dist.print0(f'Warning: {note}.')
     check_outdir(outdir)
-    net = load_net(network, trust_pickle, device)
+    fast.set_tf32(speed['tf32'])
+    net = fast.wrap(load_net(network, trust_pickle, device), speed['precision'], device, compile=speed['compile'])
     if class_idx is not None:
         if not net.label_dim:
             raise click.BadParameter('the network is unconditional (no class labels)', param_hint='--class')

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from torch_utils import persistence
+from torch_utils import precision as fast
 
 from .edm import edm_sampler
 from .generation import make_grid, save_png, to_uint8
@@ -68,11 +69,20 @@ def sample_grid(net, rows, cols, classes=None, seed=0, device=torch.device('cpu'
     return make_grid(to_uint8(images), cols=cols)
 
 
-def run(dataset='digits', network=None, outdir='.', seed=0, steps=None, cols=None, device=None, trust_pickle=False):
-    """Load the model, sample its grid and save `outdir/<grid_name>.png`; returns the path."""
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+def default_device(device=None):
+    """`device`, or CUDA if available, else the CPU."""
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+def run(dataset='digits', network=None, outdir='.', seed=0, steps=None, cols=None, device=None, trust_pickle=False,
+        precision='fp32'):
+    """Load the model, sample its grid and save `outdir/<grid_name>.png`; returns the path. `precision`: see
+    torch_utils.precision."""
+    device = default_device(device)
     url = network or network_url(dataset)
-    net = persistence.load_network(url, trust_pickle=trust_pickle)['ema'].to(device).eval()
+    net = persistence.load_network(url, trust_pickle=trust_pickle)['ema'].to(device).eval().requires_grad_(False)
+    fast.release_memory()
+    net = fast.wrap(net, precision, device)
     sampler_kwargs = dict(MODELS[dataset]['sampler'])
     if steps is not None:
         sampler_kwargs['num_steps'] = steps
