@@ -33,6 +33,7 @@ from tqdm import tqdm
 import dnnlib
 from dnnlib.cli import one_line
 from torch_utils import distributed as dist
+from torch_utils.precision import release_memory
 from training.dataset import ImageFolderDataset, ImageShapeError
 
 DEFAULT_DETECTOR_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/'
@@ -89,28 +90,34 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
     if key in _detector_cache:
         return _detector_cache[key]
     try:
-        with dnnlib.util.open_url(source, verbose=(dist.get_rank() == 0)) as f:
-            data = f.read()
+        f = dnnlib.util.open_url(source, verbose=(dist.get_rank() == 0))
+        if not f.seekable():
+            with f:
+                f = io.BytesIO(f.read())
     except Exception as e:  # pylint: disable=broad-except
         hint = ('download it elsewhere and pass the local file with --detector=PATH' if trusted else
                 'pass a local TorchScript file with --detector=PATH')
         raise FIDError(f'cannot load the feature detector {source}: {one_line(e)}; {hint}') from None
 
-    is_zip = data[:4] == b'PK\x03\x04'
+    # Read from the file, not from a copy of its bytes: only one copy of the weights is ever in memory.
     try:
-        if is_zip:
-            try:
-                detector = torch.jit.load(io.BytesIO(data), map_location=device)
-            except RuntimeError:
+        with f:
+            is_zip = f.read(4) == b'PK\x03\x04'
+            f.seek(0)
+            if is_zip:
+                try:
+                    detector = torch.jit.load(f, map_location=device)
+                except RuntimeError:
+                    if not (trusted or trust_pickle):
+                        raise FIDError(f'--detector {source}: not a TorchScript archive (torch.jit.save); if it is a '
+                                       'torch.save file you trust, add --trust-pickle') from None
+                    f.seek(0)
+                    detector = torch.load(f, map_location=device, weights_only=False)
+            else:
                 if not (trusted or trust_pickle):
-                    raise FIDError(f'--detector {source}: not a TorchScript archive (torch.jit.save); if it is a '
-                                   'torch.save file you trust, add --trust-pickle') from None
-                detector = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
-        else:
-            if not (trusted or trust_pickle):
-                raise FIDError(f'--detector {source}: a plain pickle, which can run arbitrary code when loaded; '
-                               'use a TorchScript archive, or add --trust-pickle if you trust this file')
-            detector = pickle.loads(data)  # The trusted default detector, or an explicitly trusted file.
+                    raise FIDError(f'--detector {source}: a plain pickle, which can run arbitrary code when loaded; '
+                                   'use a TorchScript archive, or add --trust-pickle if you trust this file')
+                detector = pickle.load(f)  # The trusted default detector, or an explicitly trusted file.
     except FIDError:
         raise
     except Exception as e:  # pylint: disable=broad-except
@@ -119,6 +126,7 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
         raise FIDError(f'--detector {source}: the file does not hold a callable module')
     if hasattr(detector, 'to'):
         detector = detector.to(device)
+    release_memory()
     _detector_cache[key] = detector
     return detector
 
@@ -171,7 +179,8 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
     loader_kwargs = dict(num_workers=num_workers)
     if num_workers > 0:
         loader_kwargs.update(prefetch_factor=prefetch_factor)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_kwargs)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, pin_memory=(device.type == 'cuda'),
+                                         **loader_kwargs)
 
     mu = sigma = None
     try:
@@ -180,7 +189,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                 images = images.repeat([1, 3, 1, 1])
             try:
                 with torch.no_grad():
-                    features = detector(images.to(device), return_features=True)
+                    features = detector(images.to(device, non_blocking=True), return_features=True)
             except Exception as e:  # pylint: disable=broad-except
                 raise FIDError(f'the feature detector failed on uint8 images of shape {list(images.shape)}: '
                                f'{_worker_error_message(e)}') from None
