@@ -11,7 +11,6 @@ import os
 import pickle
 
 import click
-import torch
 
 import dnnlib
 import samplers

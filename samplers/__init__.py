@@ -29,7 +29,7 @@ from .schedules import SCHEDULE_TYPES, edm_schedule, get_schedule
 from .stepping import Step, StepRecord
 from .priors import gaussian_prior
 from .sampling import sample
-from . import edm, solvers  # registration order: 'edm', then the 'ode' solvers
+from . import edm, solvers  # noqa: F401  (registers 'edm', then the 'ode' solvers, in this order)
 from .gits import gits_schedule, gits_cost_matrix, gits_dp, teacher_trajectory
 
 __all__ = ['SCHEDULE_TYPES', 'get_schedule', 'edm_schedule', 'SOLVERS', 'SolverSpec', 'register_solver',

@@ -19,6 +19,9 @@ import math
 import numpy as np
 import torch
 
+from .sampling import sample
+from .schedules import get_schedule
+
 # ----------------------------------------------------------------------------
 
 
@@ -204,11 +207,10 @@ def empirical_order(net, latents, solver, steps, sigma_min=0.002, sigma_max=80.0
     For each step count n the solver runs in float64 on get_schedule(n + 1, ...) and the error is the largest
     per-sample relative L2 distance to `net.exact_solution` at the last noise level.
     """
-    import samplers
     errs = []
     for n in steps:
-        t = samplers.get_schedule(n + 1, sigma_min, sigma_max, schedule_type, schedule_rho, dtype=torch.float64)
-        x = samplers.sample(net, latents.to(torch.float64), solver=solver, t_steps=t, **options)
+        t = get_schedule(n + 1, sigma_min, sigma_max, schedule_type, schedule_rho, dtype=torch.float64)
+        x = sample(net, latents.to(torch.float64), solver=solver, t_steps=t, **options)
         exact = net.exact_solution(latents.to(torch.float64) * t[0], t[0], t[-1])
         b = len(latents)
         errs.append(float(((x - exact).reshape(b, -1).norm(dim=1) / exact.reshape(b, -1).norm(dim=1)).max()))

@@ -8,7 +8,9 @@ import math
 import os
 
 import numpy as np
+import PIL.Image
 import torch
+import tqdm
 
 from dnnlib.util import atomic_path
 from torch_utils import distributed as dist
@@ -25,7 +27,6 @@ def to_uint8(images):
 
 def save_png(image, path):
     """Write one HWC uint8 image as PNG atomically (grayscale for one channel)."""
-    import PIL.Image
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
@@ -80,7 +81,6 @@ def generate_images(net, seeds, outdir, sampler_fn, *, max_batch_size=64, class_
     per-seed generator (its `randn_like` is the sampler's noise source, and a prior may draw from it). Returns the paths written by
     this rank.
     """
-    import tqdm
     written = []
     batches = dist.rank_batches(len(seeds), max_batch_size)
     iterator = tqdm.tqdm(batches, unit='batch', disable=not (progress and dist.get_rank() == 0))
@@ -108,7 +108,6 @@ def grid_path(outdir):
 
 def save_grid(outdir, seeds, subdirs=False, path=None, max_images=1024):
     """Assemble the PNGs already written for `seeds` into one grid image (run on one rank)."""
-    import PIL.Image
     images = []
     for seed in seeds[:max_images]:
         with PIL.Image.open(image_path(outdir, seed, subdirs)) as img:
