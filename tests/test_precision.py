@@ -18,7 +18,7 @@ from conftest import ROOT, error_line
 from samplers.analytic import GaussianMixture
 from torch_utils import persistence
 from torch_utils import precision as fast
-from training import config, networks, training_loop
+from training import cld, config, networks, training_loop
 from training.demo_data import write_dataset
 
 FAMILIES = dict(
@@ -30,9 +30,10 @@ FAMILIES = dict(
     adm=dict(model_type='DhariwalUNet', model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
              dropout=0),
 )
-# Every preconditioner of training/networks.py (also those added later).
-PRECONDS = sorted(name for name, cls in vars(networks).items()
-                  if isinstance(cls, type) and issubclass(cls, networks._Precond) and cls is not networks._Precond)
+# Every preconditioner (also those added later): the concrete classes named *Precond of the training package.
+PRECONDS = sorted(name for module in (networks, cld) for name, cls in vars(module).items()
+                  if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and name.endswith('Precond')
+                  and not name.startswith('_'))
 SIGMAS = [0.02, 0.5, 2.0, 20.0, 80.0]
 
 
@@ -47,7 +48,8 @@ def _one_thread():
 def small_net(precond='EDMPrecond', family='ddpmpp', seed=0, device='cpu'):
     """A small network with random weights everywhere (zero-initialised output layers would make F trivially 0)."""
     torch.manual_seed(seed)
-    net = getattr(networks, precond)(img_resolution=8, img_channels=2, label_dim=3, **FAMILIES[family])
+    cls = getattr(networks, precond, None) or getattr(cld, precond)
+    net = cls(img_resolution=8, img_channels=2, label_dim=3, **FAMILIES[family])
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -61,18 +63,24 @@ def small_net(precond='EDMPrecond', family='ddpmpp', seed=0, device='cpu'):
     return net.eval().requires_grad_(False).to(device)
 
 
-def noisy_inputs(device='cpu', seed=0):
+def noisy_inputs(device='cpu', seed=0, net=None):
+    """Noisy images at noise levels 0.02 ... 80, or for CLD (Dockhorn et al. 2022) states (x, v) at times
+    0.001 ... 1 from the process's own perturbation."""
     g = torch.Generator().manual_seed(seed)
-    sigma = torch.tensor(SIGMAS)
     y = torch.randn(len(SIGMAS), 2, 8, 8, generator=g)
-    x = y + sigma.reshape(-1, 1, 1, 1) * torch.randn(y.shape, generator=g)
     labels = torch.eye(3)[torch.arange(len(SIGMAS)) % 3]
+    if isinstance(net, cld.CLDPrecond):
+        t = torch.tensor([0.001, 0.01, 0.1, 0.5, 1.0])
+        x = net.cld.perturb(y, t, torch.randn(len(SIGMAS), 4, 8, 8, generator=g))
+        return x.to(device), t.to(device), labels.to(device)
+    sigma = torch.tensor(SIGMAS)
+    x = y + sigma.reshape(-1, 1, 1, 1) * torch.randn(y.shape, generator=g)
     return x.to(device), sigma.to(device), labels.to(device)
 
 
 def per_call_error(net, precision, device='cpu'):
-    """Largest relative L2 error of D over calls at noise levels 0.02 ... 80."""
-    x, sigma, labels = noisy_inputs(device)
+    """Largest relative L2 error of the network's output over calls at noise levels 0.02 ... 80 (times for CLD)."""
+    x, sigma, labels = noisy_inputs(device, net=net)
     with torch.no_grad():
         exact = net(x, sigma, labels)
         reduced = fast.wrap(net, precision, device)(x, sigma, labels)

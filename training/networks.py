@@ -441,6 +441,14 @@ class DhariwalUNet(torch.nn.Module):
 # Preconditioners: D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (EDM eq. 7, Table 1).
 
 
+def _autocast(device_type):
+    try:
+        return bool(torch.is_autocast_enabled(device_type))  # PyTorch >= 2.4
+    except TypeError:  # Older PyTorch: one flag for CUDA, one for the CPU.
+        return torch.is_autocast_enabled() if device_type == 'cuda' else \
+            device_type == 'cpu' and torch.is_autocast_cpu_enabled()
+
+
 class _Precond(torch.nn.Module):
     """Common part of every preconditioner; a subclass defines `scalings(sigma) -> (c_skip, c_out, c_in, c_noise)`
     (sigma of shape [N, 1, 1, 1]; scalars or broadcastable tensors), and may override `round_sigma`.
@@ -468,14 +476,6 @@ class _Precond(torch.nn.Module):
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
 
-    @staticmethod
-    def _autocast(device_type):
-        try:
-            return bool(torch.is_autocast_enabled(device_type))  # PyTorch >= 2.4
-        except TypeError:  # Older PyTorch: one flag for CUDA, one for the CPU.
-            return torch.is_autocast_enabled() if device_type == 'cuda' else \
-                device_type == 'cpu' and torch.is_autocast_cpu_enabled()
-
     def _io_dtype(self):
         p = next(self.model.parameters(), None)
         return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
@@ -490,7 +490,7 @@ class _Precond(torch.nn.Module):
             class_labels = torch.zeros([1, self.label_dim], device=x.device, dtype=io_dtype)
         else:
             class_labels = class_labels.to(io_dtype).reshape(-1, self.label_dim)
-        autocast = self._autocast(x.device.type)  # Autocast (torch_utils.precision) replaces the fp16 rule.
+        autocast = _autocast(x.device.type)  # Autocast (torch_utils.precision) replaces the fp16 rule.
         use_fp16 = self.use_fp16 and not force_fp32 and not autocast and x.device.type == 'cuda' and \
             io_dtype == torch.float32
         dtype = torch.float16 if use_fp16 else io_dtype
