@@ -21,6 +21,7 @@ Importable API: :func:`calculate_inception_stats`, :func:`calculate_fid_from_inc
 """
 
 import io
+import os
 import pickle
 import warnings
 
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 import dnnlib
 from dnnlib.cli import one_line
+from samplers import selection, sweeps
 from torch_utils import distributed as dist
 from torch_utils.precision import release_memory
 from training.dataset import ImageFolderDataset, ImageShapeError
@@ -283,6 +285,35 @@ def save_reference_stats(path, mu, sigma):
         np.savez(f, mu=mu, sigma=sigma)
 
 # ----------------------------------------------------------------------------
+# Run directories: the ckpt_* folders of a checkpoint sweep (generate.py without --network).
+
+
+def is_run_dir(path):
+    """True if `path` is a directory with ckpt_* image folders or with checkpoints of a training run."""
+    if not os.path.isdir(path):
+        return False
+    try:
+        return bool(sweeps.image_folders(path) or sweeps.checkpoints(path))
+    except ValueError:
+        return False
+
+
+def calc_run_dir(run_dir, mu_ref, sigma_ref, num_expected=50000, seed=0, **stats_kwargs):
+    """FID of every ckpt_* folder of `run_dir` (`samplers.sweeps.fid_rows`); a folder with too few images is
+    reported in its row. Every rank returns the rows."""
+    def score(folder):
+        try:
+            mu, sigma = calculate_inception_stats(image_path=folder, num_expected=num_expected, seed=seed,
+                                                  feature_dim=mu_ref.shape[0], **stats_kwargs)
+        except FIDError as e:
+            raise ValueError(e.message) from None
+        return calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
+    try:
+        return sweeps.fid_rows(run_dir, score)
+    except ValueError as e:
+        raise FIDError(str(e), collective=True) from None
+
+# ----------------------------------------------------------------------------
 # Command line.
 
 
@@ -363,6 +394,10 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
 
     With more than --num images, a random subset of --num images (chosen by
     --seed) is used; with fewer, this is an error.
+
+    --images=RUN_DIR, a training run directory sampled by generate.py
+    without --network, scores every ckpt_* folder: a table is printed and
+    written to RUN_DIR/fid.json.
     """
     try:
         device = dist.init(device)
@@ -371,6 +406,10 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
             dist.print0(f'Loading reference statistics from {ref_path}...')
             return load_reference_stats(ref_path)
         mu_ref, sigma_ref = _rank0_first(load_ref)
+        if is_run_dir(image_path):
+            _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle,
+                          device, workers)
+            return
         mu, sigma = calculate_inception_stats(image_path=image_path, num_expected=num_expected, seed=seed,
                                               max_batch_size=batch, num_workers=workers, device=device,
                                               detector=detector, trust_pickle=trust_pickle,
@@ -382,6 +421,21 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
         dist.barrier()
     finally:
         dist.shutdown()  # On every exit path (errors too): a process that exits in the group can abort.
+
+
+def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle, device,
+                  workers):
+    if detector is None or isinstance(detector, str):
+        source = detector
+        detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle))
+    rows = calc_run_dir(run_dir, mu_ref, sigma_ref, num_expected=num_expected, seed=seed, max_batch_size=batch,
+                        num_workers=workers, device=device, detector=detector)
+    if dist.get_rank() == 0:
+        print(sweeps.format_fid_table(rows))
+        path = os.path.join(run_dir, 'fid.json')
+        selection.write_json(path, dict(ref=ref_path, num=num_expected, seed=seed, rows=rows))
+        print(f'Saved the table to {path}')
+    dist.barrier()
 
 
 @main.command(context_settings=_CONTEXT)

@@ -4,6 +4,9 @@ Which sampler runs is decided by one rule, so every published command line keeps
   (a) any of --disc/--schedule/--scaling  -> EDM's ablation sampler (--solver euler|heun, --steps);
   (b) else no --solver, or --solver=edm     -> EDM Algorithm 2 (Heun with churn; --steps, --S_* options);
   (c) else the named fast solver            -> --num_steps timestamps (the GITS toolbox's meaning).
+
+Without --network, --outdir is a training run directory and every checkpoint in --ckpt..--end_ckpt is sampled
+into its ckpt_* folders (samplers.sweeps); PFGM++ networks start from their prior (samplers.pfgmpp).
 """
 
 import json
@@ -15,7 +18,7 @@ import click
 import dnnlib
 import samplers
 from dnnlib.cli import BoolType, FloatListType, IntListType, bool_option, unsupported_option
-from samplers import generation, selection
+from samplers import generation, pfgmpp, selection, sweeps
 from torch_utils import distributed as dist
 from torch_utils import persistence
 from torch_utils import precision as fast
@@ -46,18 +49,35 @@ def choose_sampler(opts):
 # ----------------------------------------------------------------------------
 
 
-def load_net(network, trust_pickle, device):
-    """Load the `ema` network of a checkpoint, with one-line errors."""
+def load_net(network, trust_pickle, device, skip_without_network=False):
+    """Load the `ema` network of a checkpoint, with one-line errors (None for a file without a network, if
+    `skip_without_network`: PFGM++ rewrites training-state-000000.pt with the raw network only)."""
     try:
         data = persistence.load_network(network, trust_pickle=trust_pickle)
     except FileNotFoundError as e:
         raise click.BadParameter(str(e), param_hint='--network')
+    except persistence.NotANetworkError as e:
+        if skip_without_network:
+            dist.print0(f'Skipping {network}: {e}')
+            return None
+        raise click.ClickException(f'cannot load network {network}: {e}')
     except (pickle.UnpicklingError, dnnlib.util.DownloadError, EOFError, ValueError, OSError) as e:
         raise click.ClickException(f'cannot load network {network}: {e}')
     net = data['ema'].eval().requires_grad_(False).to(device)
     del data
     fast.release_memory()  # Hand the loader's transient copy back to the OS before sampling starts.
     return net
+
+
+def make_prior(net, opts):
+    """PFGM++'s prior for --pfgmpp/--aug_dim and the network's recorded D (None: EDM's Gaussian prior)."""
+    try:
+        D = pfgmpp.resolve_aug_dim(net, opts['pfgmpp'], opts['aug_dim'])
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if D is not None:
+        dist.print0(f'PFGM++ prior with D = {D}')
+    return None if D is None else pfgmpp.student_t_prior(D)
 
 
 def check_outdir(outdir):
@@ -72,8 +92,10 @@ def check_outdir(outdir):
 
 
 @click.command(epilog=selection.describe_rule())
-@click.option('--network', 'network', help='Network pickle filename or URL', metavar='PATH|URL', required=True)
-@click.option('--outdir', help='Where to save the output images', metavar='DIR', required=True)
+@click.option('--network', 'network', help='Network pickle filename or URL  [default: every checkpoint of --outdir]',
+              metavar='PATH|URL')
+@click.option('--outdir', help='Where to save the output images (the run directory without --network)', metavar='DIR',
+              required=True)
 @click.option('--seeds', help='Random seeds (e.g. 1,2,5-10)', metavar='LIST', type=IntListType(), default='0-63',
               show_default=True)
 @bool_option('--subdirs', help='Create subdirectory for every 1000 seeds')
@@ -144,10 +166,25 @@ def check_outdir(outdir):
               show_default=True)
 @click.option('--num_steps_tea', help='GITS: teacher timestamps (fine grid)', metavar='INT',
               type=click.IntRange(min=3), default=61, show_default=True)
+# PFGM++, checkpoint and robustness sweeps (docs/fdm_pfgmpp.md).
+@click.option('--pfgmpp', help='PFGM++: prior at r_max = sigma_max sqrt(D)  [default: the network\'s]',
+              type=BoolType(), default=None, is_flag=False, flag_value=True)
+@click.option('--aug_dim', help='PFGM++: augmented dimension D  [default: the network\'s]', metavar='INT',
+              type=click.IntRange(min=1), default=None)
+@click.option('--ckpt', help='Run directory: first checkpoint', metavar='KIMG', type=click.IntRange(min=0), default=0,
+              show_default=True)
+@click.option('--end_ckpt', help='Run directory: last checkpoint', metavar='KIMG', type=click.IntRange(min=0),
+              default=100000000, show_default=True)
+@bool_option('--use_pickle', help='Run directory: PFGM++ training-state-*.pkl instead of *.pt')
+@bool_option('--save_images', help='Only save the first batch\'s sampling trajectory as an animated GIF')
+@click.option('--alpha', help='Robustness: noise injection strengths (folders *_alpha_A)', metavar='LIST',
+              type=FloatListType(), default=None)
+@click.option('--steps_sweep', help='Robustness: step counts (folders *_steps_N)', metavar='LIST',
+              type=IntListType(), default=None)
+@click.option('--quant_bits', help='Robustness: weight quantisation bits (folders *_quant_B)', metavar='LIST',
+              type=IntListType(), default=None)
 @unsupported_option('--randn_like', 'the Ito-Taylor SDE sampler (docs/design.md, planned model families) is not '
                    'available')
-@unsupported_option('--pfgmpp', 'PFGM++ sampling (docs/design.md, planned model families) is not available')
-@unsupported_option('--aug_dim', 'PFGM++ sampling (docs/design.md, planned model families) is not available')
 def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle, precision,
          compile_net, tf32, **opts):
     """Generate images with a diffusion model.
@@ -158,7 +195,7 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
     python generate.py --outdir=out --seeds=0-63 --batch=64 \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
     \b
-    # The same in bfloat16 (autocast; on the CPU about 1.6x faster where it has AVX512-BF16)
+    # The same in bfloat16 (autocast; faster on CPUs with AVX512-BF16 or AMX and on GPUs)
     python generate.py --outdir=out --seeds=0-63 --precision=bf16 --network=net.pkl
     \b
     # iPNDM with a GITS-searched schedule (NFE 6)
@@ -166,11 +203,16 @@ def main(network, outdir, seeds, subdirs, class_idx, max_batch_size, device, gri
     \b
     # Two processes
     torchrun --standalone --nproc_per_node=2 generate.py --outdir=out --seeds=0-999 --network=net.pkl
+    \b
+    # Every checkpoint of a training run (PFGM++ with D = 2048) into its ckpt_* folders
+    python generate.py --seeds=0-49999 --outdir=training-runs/exp_name --pfgmpp=1 --aug_dim=2048
     """
     opts['class_idx'] = class_idx
     kind, sampler_kwargs = choose_sampler(opts)
     try:
         selection.check_sampler(kind, sampler_kwargs)
+        sweeps.check_variants(kind, sampler_kwargs, sweeps.variants(opts['alpha'], opts['steps_sweep'],
+                                                                    opts['quant_bits']))
     except selection.OptionError as e:
         raise click.UsageError(str(e)) from None
     try:
@@ -194,15 +236,36 @@ def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device
     if note:
         dist.print0(f'Warning: {note}.')
     check_outdir(outdir)
+    if network is not None:
+        targets = [(None, network)]
+    else:
+        try:
+            targets = sweeps.checkpoints(outdir, opts['ckpt'], opts['end_ckpt'], opts['use_pickle'])
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint='--outdir') from None
+        dist.print0(f'{len(targets)} checkpoint(s) of {outdir} in {opts["ckpt"]}..{opts["end_ckpt"]} kimg')
     fast.set_tf32(speed['tf32'])
-    net = fast.wrap(load_net(network, trust_pickle, device), speed['precision'], device, compile=speed['compile'])
+    for kimg, path in targets:
+        net = load_net(path, trust_pickle, device, skip_without_network=kimg is not None)
+        if net is not None:
+            net = fast.wrap(net, speed['precision'], device, compile=speed['compile'])
+            _generate_one(net, path, kimg, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, kind,
+                          sampler_kwargs, opts)
+    dist.barrier()
+    dist.print0('Done.')
+
+
+def _generate_one(net, network, kimg, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, kind,
+                  sampler_kwargs, opts):
     if class_idx is not None:
         if not net.label_dim:
             raise click.BadParameter('the network is unconditional (no class labels)', param_hint='--class')
         if class_idx >= net.label_dim:
             raise click.BadParameter(f'{class_idx} is out of range: the network has {net.label_dim} classes '
                                      f'(0-{net.label_dim - 1})', param_hint='--class')
+    prior = make_prior(net, opts)
 
+    sampler_kwargs = dict(sampler_kwargs)
     if kind == 'fast' and opts.get('dp') and 't_steps' not in sampler_kwargs:
         t_steps, search = selection.gits_search(net, network, sampler_kwargs, opts, device)
         dist.print0('GITS time schedule: [' + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
@@ -214,17 +277,15 @@ def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device
 
     nfe = selection.describe_nfe(kind, sampler_kwargs)
     dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}')
-    dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
-    sampler_fn = selection.make_sampler_fn(kind, sampler_kwargs)
+    chosen = sweeps.variants(opts['alpha'], opts['steps_sweep'], opts['quant_bits'])
     try:
-        generation.generate_images(net, seeds, outdir, sampler_fn, max_batch_size=max_batch_size,
-                                   class_idx=class_idx, subdirs=subdirs, device=device)
+        sweeps.generate(net, seeds, outdir, kind, sampler_kwargs, kimg=kimg, chosen=chosen, prior=prior,
+                        subdirs=subdirs, save_gif=opts['save_images'], max_batch_size=max_batch_size,
+                        class_idx=class_idx, device=device, note=dist.print0)
     except (ValueError, TypeError) as e:  # Invalid sampler settings detected by the library (one line).
         raise click.ClickException(str(e))
-    if grid and dist.get_rank() == 0:
+    if grid and kimg is None and chosen == [None] and not opts['save_images'] and dist.get_rank() == 0:
         dist.print0(f'Saved grid to {generation.save_grid(outdir, seeds, subdirs)}')
-    dist.barrier()
-    dist.print0('Done.')
 
 
 if __name__ == '__main__':

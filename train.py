@@ -24,8 +24,8 @@ from training import config, training_loop
 @bool_option('--cond', help='Train class-conditional model')
 @click.option('--arch', help='Network architecture', type=click.Choice(list(config.ARCHS)), default='ddpmpp',
               show_default=True)
-@click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm', type=str, default='edm',
-              show_default=True)
+@click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm|fdm_edm|fdm_vp|fdm_ve',
+              type=str, default='edm', show_default=True)
 # Hyperparameters.
 @click.option('--duration', help='Training duration', metavar='MIMG', type=click.FloatRange(min=0, min_open=True),
               default=200, show_default=True)
@@ -76,12 +76,18 @@ from training import config, training_loop
               type=str)
 @click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
-# Options of published research command lines (FDM, PFGM++) that are not implemented yet.
-@unsupported_option('--warmup_ite', 'the FDM loss-weight warm-up is not implemented yet')
-@unsupported_option('--fdm_multipler', 'FDM is not implemented yet')
-@unsupported_option('--fdm_multiplier', 'FDM is not implemented yet')
-@unsupported_option('--pfgmpp', 'PFGM++ training is not implemented yet')
-@unsupported_option('--aug_dim', 'PFGM++ training is not implemented yet')
+# FDM (Wu et al. 2023) and PFGM++ (Xu et al. 2023); see docs/fdm_pfgmpp.md.
+@click.option('--warmup_ite', help='FDM: loss-weight warm-up length (0 = none)', metavar='STEPS',
+              type=click.FloatRange(min=0))
+@click.option('--fdm_multiplier', '--fdm_multipler', 'fdm_multiplier', help='FDM: momentum multiplier m  [default: 2]',
+              metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
+@bool_option('--pfgmpp', help='PFGM++: perturbation kernel in N + D dimensions (--precond=edm|ve)')
+@click.option('--aug_dim', help='PFGM++: augmented dimension D  [default: 128]', metavar='INT',
+              type=click.IntRange(min=2))
+@bool_option('--stf', help='PFGM++: stable target field (--precond=edm)')
+@click.option('--rbatch', help='PFGM++: reference images per process for --stf  [default: 4096]', metavar='INT',
+              type=click.IntRange(min=1))
+# Options of the united research projects that are not implemented.
 @unsupported_option('--dm_length', 'a research option whose meaning was never published (use --precond=vp|ve|edm '
                     'without it)')
 def main(**opts):
@@ -125,6 +131,9 @@ def _train(opts):
         raise click.BadParameter(str(e), param_hint='--precision')
     if note:
         dist.print0(f'Warning: {note}.')
+    for key, needs in (('aug_dim', 'pfgmpp'), ('rbatch', 'stf')):
+        if opts[key] is not None and not opts[needs]:
+            dist.print0(f'Note: --{key} is used only with --{needs}=1; ignored.')
 
     # Options -> training_loop arguments; every mistake is one line.
     try:

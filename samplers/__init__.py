@@ -17,6 +17,8 @@ Public API (stable):
     samplers.solver_defaults(solver)      # accepted options and their defaults
     samplers.StepRecord                   # what callbacks receive
     samplers.gaussian_prior               # the default prior hook (see samplers.priors)
+    samplers.pfgmpp.student_t_prior(D)    # PFGM++'s prior hook (docs/fdm_pfgmpp.md)
+    samplers.sweeps                       # checkpoint and robustness sweeps of a run directory
 
 `num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning) for 'ode' solvers, and noise
 levels before the final zero (EDM's meaning) for 'edm' solvers. See docs/samplers.md for accuracy numbers and
@@ -29,7 +31,7 @@ from .schedules import SCHEDULE_TYPES, edm_schedule, get_schedule
 from .stepping import Step, StepRecord
 from .priors import gaussian_prior
 from .sampling import sample
-from . import edm, solvers  # noqa: F401  (registers 'edm', then the 'ode' solvers, in this order)
+from . import edm, solvers, singlestep  # noqa: F401  (registers 'edm', then the 'ode' solvers, in this order)
 from .gits import gits_schedule, gits_cost_matrix, gits_dp, teacher_trajectory
 
 __all__ = ['SCHEDULE_TYPES', 'get_schedule', 'edm_schedule', 'SOLVERS', 'SolverSpec', 'register_solver',

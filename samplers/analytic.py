@@ -237,6 +237,7 @@ ORDER_STUDY = [
     ('unipc', dict(max_order=3, variant='bh2'), [16, 32, 64, 128], 1.7, None),
     ('unipc', dict(max_order=3, variant='bh1'), [16, 32, 64, 128], 1.7, None),
     ('unipc', dict(max_order=3, predict_x0=False), [256, 512, 1024, 2048], 1.7, None),
+    ('dpmpp_singlestep', dict(max_order=3, denoise=False), [32, 64, 128, 256], 1.7, None),
 ]
 
 

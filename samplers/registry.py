@@ -36,6 +36,12 @@ class SolverSpec:
     nfe: optional `nfe(num_steps, options) -> int` replacing the default count (before AFS/denoise_to_zero).
     prepare: optional `prepare(t_steps, **options) -> options`, run once per sampling call ('ode' kind): checks
       the options and precomputes what every step needs (e.g. a coefficient table); its result goes to `fn`.
+    schedule: optional `schedule(num_steps, sigma_min, sigma_max, device=None, dtype=None, **options) -> t_steps`
+      ('ode' kind): the solver's own default timestamps, used instead of `get_schedule` (schedule_type and
+      schedule_rho are then not used) and without clipping sigma_min/sigma_max to the net's range; explicit
+      `t_steps` still take precedence.
+    state_dtype: dtype of the state for the 'ode' kind (None: float32 unless the latents are float64), e.g.
+      torch.float64 for a solver that reproduces a reference integrating in float64.
     max_order: highest value of the `max_order` option (None if the solver has no such option).
     order: convergence order of the method (documentation and benchmarks).
     stochastic: the solver draws noise (through `randn_like` only).
@@ -50,6 +56,8 @@ class SolverSpec:
     evals_per_step: int = 1
     nfe: Optional[Callable] = None
     prepare: Optional[Callable] = None
+    schedule: Optional[Callable] = None
+    state_dtype: Optional[object] = None
     max_order: Optional[int] = None
     order: Optional[float] = None
     stochastic: bool = False

@@ -26,7 +26,8 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
       meaning. Kind 'edm': EDM's meaning (noise levels before the final zero; default 18).
     t_steps: ('ode' only) an explicit decreasing schedule used verbatim; then num_steps, sigma_min/max and the
       schedule options are not used (num_steps, if given, must equal its length).
-    sigma_min, sigma_max: clipped to the net's range as EDM does. schedule_type, schedule_rho: see
+    sigma_min, sigma_max: clipped to the net's range as EDM does (unless the solver has its own `schedule`, see
+      `samplers.SolverSpec`). schedule_type, schedule_rho: see
       `get_schedule` ('ode'); for kind 'edm' schedule_rho is EDM's rho (polynomial schedule only).
     afs: analytical first step (saves one NFE). denoise_to_zero: finish with x = D(x; t_{N-1}) (one more NFE).
       Both 'ode' only.
@@ -42,7 +43,8 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
       (`torch_utils.precision.wrap`); the solver's own arithmetic keeps its precision.
     solver_options: per-solver options (`samplers.solver_defaults(solver)` lists them); unknown ones raise TypeError.
 
-    Kind 'ode' runs in float32 (as the GITS toolbox) unless `latents` are float64; kind 'edm' runs in float64.
+    Kind 'ode' runs in float32 (as the GITS toolbox) unless `latents` are float64 or the solver sets its
+    `state_dtype`; kind 'edm' runs in float64.
     """
     spec = get_solver(solver)
     options = spec.check_options(solver_options)
@@ -66,11 +68,14 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
         dtype = torch.float64
         t = edm_schedule(net, num_steps, sigma_min, sigma_max, schedule_rho, device=device)
     else:
-        dtype = torch.float64 if latents.dtype == torch.float64 else torch.float32
+        dtype = spec.state_dtype or (torch.float64 if latents.dtype == torch.float64 else torch.float32)
         if t_steps is not None:
             t = as_schedule(t_steps, device=device, dtype=dtype)
             if num_steps is not None and int(num_steps) != len(t):
                 raise ValueError(f'num_steps={num_steps} does not match the {len(t)} entries of t_steps')
+        elif spec.schedule is not None:  # the solver's own timestamps over the unclipped range
+            t = spec.schedule(DEFAULT_NUM_STEPS if num_steps is None else num_steps, sigma_min, sigma_max,
+                              device=device, dtype=dtype, **options)
         else:
             lo, hi = clip_sigma_range(net, sigma_min, sigma_max)
             t = get_schedule(DEFAULT_NUM_STEPS if num_steps is None else num_steps, lo, hi, schedule_type,

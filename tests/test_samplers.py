@@ -196,6 +196,8 @@ def _option_grid(solver):
         return [dict(max_order=k) for k in range(1, 5)]
     if solver == 'deis':
         return [dict(max_order=k, deis_mode=m) for k in range(1, 5) for m in ('tab', 'rhoab')]
+    if solver == 'dpmpp_singlestep':
+        return [dict(max_order=k, denoise=d) for k in range(1, 4) for d in (True, False)]
     if solver == 'dpmpp':
         return [dict(max_order=k, predict_x0=p, lower_order_final=lo)
                 for k in range(1, 4) for p in (True, False) for lo in (True, False)]
@@ -219,6 +221,8 @@ def test_nfe_counts(solver):
         rule = (2 if solver in ('heun', 'dpm') else 1) * (num_steps - 1) - afs + dtz
         if solver == 'unipc' and num_steps - 1 < opts['max_order']:
             rule += 1
+        if solver == 'dpmpp_singlestep' and opts['denoise']:
+            rule += 1   # FDM's final denoising call is part of the solver (NFE = num_steps)
         assert net.calls == rule
         checked += 1
     assert checked == 16 * len(_option_grid(solver))
@@ -391,7 +395,8 @@ def test_solvers_share_the_stepping_loop(golden_net):
         first = records[0]
         assert isinstance(first, samplers.StepRecord)
         assert first.t_cur == t[0] and first.t_next == t[1] and first.d_cur.shape == lat.shape
-        torch.testing.assert_close(first.x_cur, lat * t[0], rtol=0, atol=0)
+        dtype = first.x_cur.dtype  # float32, or the solver's own state dtype (dpmpp_singlestep: float64)
+        torch.testing.assert_close(first.x_cur, lat.to(dtype) * t[0].to(dtype), rtol=0, atol=0)
         for a, b in zip(records[:-1], records[1:]):
             assert b.x_cur is a.x_next  # the loop hands each step's output to the next
         spec = samplers.SOLVERS[name]

@@ -13,6 +13,7 @@ c_skip x + c_out F keep their own precision. Under autocast the preconditioners 
 """
 
 import contextlib
+import copy
 import ctypes
 import gc
 import platform
@@ -104,6 +105,10 @@ class WrappedNet:
         with autocast(self.precision, self.device):
             y = self.call(x, *args, **kwargs)
         return y.contiguous() if self.channels_last and isinstance(y, torch.Tensor) else y
+
+    def __deepcopy__(self, memo):  # A copy of the network, run the same way (compiled anew if compiled).
+        return WrappedNet(copy.deepcopy(self.net, memo), self.precision, self.device, self.channels_last,
+                          self.compiled)
 
     def __getattr__(self, name):
         net = self.__dict__.get('net')

@@ -23,17 +23,29 @@ ARCHS = {
     'adm': dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1, 2, 3, 4]),
 }
 
-# Formulations (EDM Table 1): --precond name -> preconditioner, loss, and fixed keyword arguments of each.
+# Formulations (EDM Table 1; FDM, Wu et al. 2023): --precond name -> preconditioner, loss, fixed keyword arguments
+# of each, and the research options the formulation takes (`options`: 'fdm' = --fdm_multiplier, 'pfgmpp' =
+# --pfgmpp/--aug_dim, 'stf' = --stf/--rbatch; --warmup_ite works with every loss).
 PRECONDS = {
-    'vp': dict(network='training.networks.VPPrecond', loss='training.loss.VPLoss', network_kwargs={}, loss_kwargs={}),
-    've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={}),
+    'vp': dict(network='training.networks.VPPrecond', loss='training.loss.VPLoss', network_kwargs={}, loss_kwargs={},
+               options=()),
+    've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={},
+               options=('pfgmpp',)),
     'edm': dict(network='training.networks.EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={},
-                loss_kwargs={}),
+                loss_kwargs={}, options=('pfgmpp', 'stf')),
+    'fdm_edm': dict(network='training.networks.FDM_EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={},
+                    loss_kwargs={}, options=('fdm',)),
+    'fdm_vp': dict(network='training.networks.FDM_VPPrecond', loss='training.loss.VPLoss', network_kwargs={},
+                   loss_kwargs={}, options=('fdm',)),
+    'fdm_ve': dict(network='training.networks.FDM_VEPrecond', loss='training.loss.VELoss', network_kwargs={},
+                   loss_kwargs={}, options=('fdm',)),
 }
+FDM_MULTIPLIER = 2.0    # FDM train.py's default --fdm_multiplier.
+PFGMPP_AUG_DIM = 128    # PFGM++ train.py's default --aug_dim.
+STF_RBATCH = 4096       # PFGM++ train.py's default --rbatch.
 
 # Formulations planned on the same foundation (README.md) but not implemented yet.
 PLANNED_PRECONDS = {
-    'fdm_edm': 'FDM (sail-sg/FDM)', 'fdm_vp': 'FDM (sail-sg/FDM)', 'fdm_ve': 'FDM (sail-sg/FDM)',
     'cld': 'CLD (critically-damped Langevin, gDDIM)',
 }
 
@@ -47,6 +59,10 @@ class ConfigError(ValueError):
     """An invalid combination of options; the message is one line meant for the user."""
 
 # ----------------------------------------------------------------------------
+
+
+def _supporting(option):
+    return '|'.join(name for name, entry in PRECONDS.items() if option in entry.get('options', ()))
 
 
 def check_precond(name):
@@ -65,7 +81,8 @@ def check_precond(name):
 def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch=512, batch_gpu=None, cbase=None,
           cres=None, lr=10e-4, lr_rampup=10, ema=0.5, dropout=0.13, augment=0.12, xflip=False, fp16=False, ls=1,
           bench=True, cache=True, workers=1, tick=50, snap=50, dump=500, seed=0, transfer=None, resume=None,
-          per_sample_rng=False, precision='fp32', compile_net=False, tf32=False, world_size=1):
+          per_sample_rng=False, warmup_ite=None, fdm_multiplier=None, pfgmpp=False, aug_dim=None, stf=False,
+          rbatch=None, precision='fp32', compile_net=False, tf32=False, world_size=1):
     """The training_loop keyword arguments for these options (EDM train.py); no file is touched."""
     check_precond(precond)
     if precision not in ('fp32', 'bf16', 'fp16'):
@@ -73,6 +90,17 @@ def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch
     if fp16 and precision != 'fp32':
         raise ConfigError(f'--fp16=1 (EDM\'s fp16 U-Net) and --precision={precision} (autocast) both set the '
                           'precision; use one of them')
+    options = PRECONDS[precond].get('options', ())
+    if fdm_multiplier is not None and 'fdm' not in options:
+        raise ConfigError(f'--fdm_multiplier applies to the FDM preconditioners (--precond={_supporting("fdm")}), '
+                          f'not to --precond={precond}')
+    if pfgmpp and 'pfgmpp' not in options:
+        raise ConfigError(f'--pfgmpp=1 supports --precond={_supporting("pfgmpp")} (the PFGM++ code never wired '
+                          f'--precond={precond}); use --pfgmpp=0 with it')
+    if stf and 'stf' not in options:
+        raise ConfigError(f'--stf (stable target field) is implemented for --precond={_supporting("stf")} only')
+    if warmup_ite is not None and warmup_ite < 0:
+        raise ConfigError(f'--warmup_ite={warmup_ite} must be positive (0 = no warm-up)')
     if arch not in ARCHS:
         raise ConfigError(f'--arch={arch} is unknown; supported: {", ".join(ARCHS)}')
     if transfer is not None and resume is not None:
@@ -107,6 +135,16 @@ def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch
         c.network_kwargs.channel_mult = list(cres)
     c.network_kwargs.update(dropout=dropout, use_fp16=fp16)
     c.loss_kwargs = dnnlib.EasyDict(class_name=PRECONDS[precond]['loss'], **PRECONDS[precond]['loss_kwargs'])
+    if 'fdm' in options:        # FDM train.py: the multiplier goes to every FDM preconditioner (VE-FDM ignores it).
+        c.network_kwargs.fdm_multiplier = FDM_MULTIPLIER if fdm_multiplier is None else fdm_multiplier
+    if warmup_ite:              # FDM's loss-weight warm-up, in optimizer steps.
+        c.loss_kwargs.warmup_ite = warmup_ite
+    if pfgmpp:                  # PFGM++: the network records D, the loss draws the kernel in N + D dimensions.
+        D = PFGMPP_AUG_DIM if aug_dim is None else aug_dim
+        c.network_kwargs.update(pfgmpp=True, D=D)
+        c.loss_kwargs.update(pfgmpp=True, D=D)
+    if stf:
+        c.loss_kwargs.update(stf=True, rbatch=STF_RBATCH if rbatch is None else rbatch)
     c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=lr, betas=[0.9, 0.999], eps=1e-8)
     c.augment_kwargs = None
     if augment:

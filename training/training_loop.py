@@ -18,7 +18,10 @@ from a generator seeded by (seed, stream position), which makes the whole update
 the number of processes (dropout still uses each process's own generator).
 
 The loss is told the optimizer step count (`loss_fn.set_step`, once per step before its accumulation rounds, counted
-from the start of training) and its `state_dict()` travels in the training state (training.loss.Loss).
+from the start of training) and its `state_dict()` travels in the training state (training.loss.Loss). A loss with a
+`reference_size` larger than the per-pass batch (PFGM++'s stable target field) also receives `reference=`: the same
+reference_size - batch_gpu extra images for every pass of step s, stream positions [s M, (s+1) M) of a second
+stream of the dataset.
 """
 
 import contextlib
@@ -48,17 +51,20 @@ STATE_VERSION = 1
 
 
 class SampleStream(torch.utils.data.Dataset):
-    """Stream position -> (image, label, position); epoch e visits the dataset in a permutation seeded by (seed, e)."""
+    """Stream position -> (image, label, position); epoch e visits the dataset in a permutation seeded by (seed, e),
+    or by (seed, e, stream) for another independent stream of the same dataset."""
 
-    def __init__(self, dataset, seed):
+    def __init__(self, dataset, seed, stream=None):
         self.dataset = dataset
         self.seed = int(seed)
+        self.stream = stream
         self._epoch, self._order = None, None
 
     def index(self, position):
         epoch, offset = divmod(int(position), len(self.dataset))
         if epoch != self._epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            key = [self.seed, epoch] + ([] if self.stream is None else [int(self.stream)])
+            self._epoch, self._order = epoch, np.random.default_rng(key).permutation(len(self.dataset))
         return int(self._order[offset])
 
     def __len__(self):
@@ -333,6 +339,7 @@ def training_loop(
         misc.copy_params_and_buffers(src_module=transfer_net, dst_module=net, require_all=False)
         transfer_net.to('meta')  # Release its weights.
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    num_references = max(int(getattr(loss_fn, 'reference_size', 0)) - batch_gpu, 0)
 
     # Per-rank stream of the global generators (EDM's seeding), or the saved one.
     np.random.seed((seed * world_size + rank) % (1 << 31))
@@ -375,10 +382,17 @@ def training_loop(
                                 schedule=dict(ema_rampup_ratio=ema_rampup_ratio, lr_rampup_kimg=lr_rampup_kimg)))
     steps = 0
     done = cur_nimg >= total_nimg
+    if num_references:   # Its own generator: creating the iterator must not draw from the global one.
+        reference_iterator = iter(torch.utils.data.DataLoader(
+            SampleStream(dataset_obj, seed, stream=1), sampler=StreamSampler(cur_step * num_references),
+            batch_size=num_references, pin_memory=(device.type == 'cuda'),
+            generator=torch.Generator().manual_seed(seed), **loader_kwargs))
     while not done:
         # Accumulate gradients over the rounds; DDP synchronises on the last one.
         optimizer.zero_grad(set_to_none=True)
         loss_fn.set_step(cur_step)
+        if num_references:
+            references = next(reference_iterator)[0].to(device).to(torch.float32) / 127.5 - 1
         for round_idx in range(num_accumulation_rounds):
             sync = contextlib.nullcontext() if (world_size == 1 or round_idx == num_accumulation_rounds - 1) \
                 else ddp.no_sync()
@@ -387,6 +401,8 @@ def training_loop(
                 images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
                 labels = labels.to(device, non_blocking=True)
                 extra = dict(rng=SampleRNG(device, seed, positions.tolist())) if per_sample_rng else {}
+                if num_references:
+                    extra['reference'] = references
                 loss = loss_fn(run_net, images, labels, augment_pipe=augment_pipe, **extra)
                 training_stats.report('Loss/loss', loss)
                 # EDM: per-sample pixel sums, averaged over the global batch, times the loss scale.
