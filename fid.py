@@ -3,8 +3,9 @@
 Statistics follow EDM: features of every image (a seeded random subset of `num` images for `calc`) are summed in
 float64 as sum(f) and sum(f^T f) on each rank, all-reduced, and turned into the mean and the unbiased
 covariance. The reference ``.npz`` holds ``mu`` [D] and ``sigma`` [D, D] (float64), the format of EDM's published
-``fid-refs``. The distance is ||mu - mu_r||^2 + tr(S + S_r - 2 sqrtm(S S_r)) in float64 (scipy.linalg.sqrtm),
-keeping the real part of the result.
+``fid-refs``; only these two members are read, after their headers are checked (`load_reference_stats`). The
+distance is ||mu - mu_r||^2 + tr(S + S_r - 2 sqrtm(S S_r)) in float64 (scipy.linalg.sqrtm), keeping the real part
+of the result.
 
 The feature detector
 --------------------
@@ -24,6 +25,7 @@ import io
 import os
 import pickle
 import warnings
+import zipfile
 
 import click
 import numpy as np
@@ -32,7 +34,9 @@ import torch
 from tqdm import tqdm
 
 import dnnlib
-from dnnlib.cli import one_line
+from dnnlib import limits
+from dnnlib.cli import Group, bool_option, check_output_path, error_message, one_line
+from dnnlib.util import InputError, printable
 from samplers import selection, sweeps
 from torch_utils import distributed as dist
 from torch_utils.precision import release_memory
@@ -99,7 +103,8 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
     except Exception as e:  # pylint: disable=broad-except
         hint = ('download it elsewhere and pass the local file with --detector=PATH' if trusted else
                 'pass a local TorchScript file with --detector=PATH')
-        raise FIDError(f'cannot load the feature detector {source}: {one_line(e)}; {hint}') from None
+        reason = one_line(e).split('; ')[0]  # A download error brings its own hint: give only this one.
+        raise FIDError(f'cannot load the feature detector {source}: {reason}; {hint}') from None
 
     # Read from the file, not from a copy of its bytes: only one copy of the weights is ever in memory.
     try:
@@ -136,15 +141,6 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
 # Statistics.
 
 
-def _worker_error_message(e):
-    """The one-line message of an exception, also when a DataLoader worker re-raised it with its traceback."""
-    text = str(e)
-    if 'Original Traceback' in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(': ', 1)[1] if ': ' in last else last
-    return one_line(text)
-
-
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, num_workers=3,
                               prefetch_factor=2, device=None, detector=None, trust_pickle=False, feature_dim=None,
                               progress=True):
@@ -162,7 +158,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
 
     try:
         dataset = ImageFolderDataset(path=image_path, max_size=num_expected, random_seed=seed)
-    except IOError as e:
+    except (InputError, IOError) as e:
         raise FIDError(f'cannot read images: {one_line(e)}', collective=True) from None
     if num_expected is not None and len(dataset) < num_expected:
         raise FIDError(f'found {len(dataset)} images in {image_path}, but expected at least {num_expected} '
@@ -194,7 +190,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                     features = detector(images.to(device, non_blocking=True), return_features=True)
             except Exception as e:  # pylint: disable=broad-except
                 raise FIDError(f'the feature detector failed on uint8 images of shape {list(images.shape)}: '
-                               f'{_worker_error_message(e)}') from None
+                               f'{error_message(e)}') from None
             if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != images.shape[0]:
                 shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
                 raise FIDError(f'the feature detector returned {shape} for {images.shape[0]} images; expected '
@@ -209,8 +205,8 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                 sigma = torch.zeros([features.shape[1], features.shape[1]], dtype=torch.float64, device=device)
             mu += features.sum(0)
             sigma += features.T @ features
-    except (ImageShapeError, IOError) as e:
-        raise FIDError(_worker_error_message(e)) from None
+    except (ImageShapeError, InputError, IOError) as e:
+        raise FIDError(error_message(e)) from None
 
     # Ranks without images (fewer images than ranks) learn the feature dimension from rank 0, which always has some.
     dim = dist.broadcast_object(None if mu is None else mu.shape[0])
@@ -255,27 +251,57 @@ def calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref):
 # Reference files.
 
 
+def _read_npz_array(archive, key, where, archive_size):
+    """Array `key` of an open .npz (zip) after checking its header: no pickled objects, a size within the limits
+    of `dnnlib.limits`. Returns None if the archive has no such member."""
+    try:
+        info = archive.getinfo(key + '.npy')
+    except KeyError:
+        return None
+    limits.check_zip_member(f'{where}:{key}.npy', info, archive_size)
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f'{key}.npy has the unsupported format version {version}')
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.kind != 'f' or dtype.fields is not None or dtype.subdtype is not None:
+            raise InputError(f'reference statistics {printable(where)} are not floating point ({key} is {dtype})')
+        count = int(np.prod(shape, dtype=object))
+        if count * dtype.itemsize > info.file_size:
+            raise ValueError(f'{key}.npy announces {list(shape)} values but holds {info.file_size} bytes')
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise ValueError(f'{key}.npy is truncated')
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order='F' if fortran else 'C')
+
+
 def load_reference_stats(path_or_url):
-    """(mu [D], sigma [D, D]) float64 from an ``.npz`` path or URL; FIDError (one line) on any problem."""
+    """(mu [D], sigma [D, D]) float64 from an ``.npz`` path or URL. Only the members mu and sigma are read, after
+    their headers are checked; any problem raises InputError (one line)."""
+    where = printable(path_or_url)
     try:
         with dnnlib.util.open_url(path_or_url) as f:
-            data = np.load(f, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
+            size = f.seek(0, io.SEEK_END)
+            f.seek(0)
+            if f.read(4) != b'PK\x03\x04':
                 raise ValueError('not an .npz archive')
-            with data:
-                arrays = {key: data[key] for key in data.files}
+            with zipfile.ZipFile(f) as archive:
+                arrays = {key: _read_npz_array(archive, key, where, size) for key in ('mu', 'sigma')}
+                missing = [key for key, value in arrays.items() if value is None]
+                if missing:
+                    found = sorted(os.path.splitext(name)[0] for name in archive.namelist())
+                    raise InputError(f'reference statistics {where} lack {" and ".join(missing)} (found keys: '
+                                     f'{printable(", ".join(found)) or "none"}); expected an .npz with mu [D] and '
+                                     'sigma [D, D]')
+    except InputError:
+        raise
     except Exception as e:  # pylint: disable=broad-except
-        raise FIDError(f'cannot load reference statistics {path_or_url}: {one_line(e)}') from None
-    missing = [key for key in ('mu', 'sigma') if key not in arrays]
-    if missing:
-        raise FIDError(f'reference statistics {path_or_url} lack {" and ".join(missing)} (found keys: '
-                       f'{", ".join(sorted(arrays)) or "none"}); expected an .npz with mu [D] and sigma [D, D]')
+        raise InputError(f'cannot load reference statistics {where}: {printable(one_line(e))}') from None
     mu, sigma = arrays['mu'], arrays['sigma']
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise FIDError(f'reference statistics {path_or_url} have mu of shape {list(mu.shape)} and sigma of shape '
-                       f'{list(sigma.shape)}; expected mu [D] and sigma [D, D]')
-    if mu.dtype.kind != 'f' or sigma.dtype.kind != 'f':
-        raise FIDError(f'reference statistics {path_or_url} are not floating point ({mu.dtype}, {sigma.dtype})')
+    if mu.ndim != 1 or mu.shape[0] == 0 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise InputError(f'reference statistics {where} have mu of shape {list(mu.shape)} and sigma of shape '
+                         f'{list(sigma.shape)}; expected mu [D] and sigma [D, D]')
     return mu.astype(np.float64), sigma.astype(np.float64)
 
 
@@ -338,7 +364,7 @@ def _common_options(fn):
                      type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--detector', help='TorchScript feature detector  [default: Inception-v3]',
                      metavar='PATH|URL', type=str, default=None),
-        click.option('--trust-pickle', help='Allow a plain pickle as --detector (runs code in it)', is_flag=True),
+        bool_option('--trust-pickle', 'trust_pickle', help='Allow a plain pickle as --detector (runs code in it)'),
         click.option('--device', help='Torch device  [default: cuda if available, else cpu]', metavar='DEVICE',
                      type=str, default=None, callback=_device_callback),
         click.option('--workers', help='Data loader worker processes', metavar='INT', type=click.IntRange(min=0),
@@ -349,7 +375,7 @@ def _common_options(fn):
     return fn
 
 
-@click.group(context_settings=_CONTEXT)
+@click.group(cls=Group, context_settings=_CONTEXT)
 def main():
     """Calculate Frechet Inception Distance (FID).
 
@@ -404,7 +430,10 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
 
         def load_ref():
             dist.print0(f'Loading reference statistics from {ref_path}...')
-            return load_reference_stats(ref_path)
+            try:
+                return load_reference_stats(ref_path)
+            except InputError as e:
+                raise FIDError(str(e)) from None
         mu_ref, sigma_ref = _rank0_first(load_ref)
         if is_run_dir(image_path):
             _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle,
@@ -444,6 +473,7 @@ def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batc
 @_common_options
 def ref(dataset_path, dest_path, batch, detector, trust_pickle, device, workers):
     """Calculate reference statistics (mu, sigma) of a dataset for 'calc'."""
+    check_output_path(dest_path, '--dest', folder=False)  # Before the work, not after it.
     try:
         device = dist.init(device)
         mu, sigma = calculate_inception_stats(image_path=dataset_path, max_batch_size=batch, num_workers=workers,

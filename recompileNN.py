@@ -9,12 +9,12 @@ import os
 
 import click
 
-from dnnlib.cli import bool_option
+from dnnlib.cli import Command, bool_option
 
 # ----------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option('--pkl_dir', '--network', 'source', help='Checkpoint to convert (path or URL)', metavar='PATH|URL',
               required=True)
 @click.option('--dest', help='Output pickle  [default: ckpts/<same file name>]', metavar='PATH', default=None)

@@ -31,8 +31,8 @@ from samplers.analytic import CountingNet  # noqa: E402
 
 NFES = (4, 5, 6, 8, 10, 20)
 
-# Rows come from the solver registry: every registered solver at its highest order (deterministic for
-# stochastic ones), plus the variants below that deserve their own row.
+# Rows come from the solver registry: every registered solver that needs only D(x; sigma), at its highest order
+# and deterministic (langevin=0, no churn), plus the variants below that deserve their own row.
 EXTRA_VARIANTS = [('deis', dict(deis_mode='rhoab'), 'rhoAB')]
 
 
@@ -49,6 +49,8 @@ def make_rows():
         if spec.needs != 'denoiser':
             continue
         top = dict(max_order=spec.max_order) if spec.max_order else {}
+        if 'langevin' in spec.defaults:
+            top['langevin'] = 0.0  # the deterministic member of an SDE family (this table compares ODE solutions)
         rows.append((_label(spec), spec.name, top))
         rows += [(_label(spec, note), spec.name, {**top, **extra}) for name, extra, note in EXTRA_VARIANTS
                  if name == spec.name]

@@ -9,6 +9,8 @@ returning it in the dtype of `x`.
 - `GaussianMixture`: y ~ sum_k w_k N(mu_k, s2_k I).
 - `IdealDenoiser`: the empirical distribution of a finite set of images (a mixture with s2 = 0), i.e. the
   "ideal denoiser" of Karras et al. 2022.
+- `GaussianCLD`, `GaussianMixtureCLD` (from `samplers.cld`): the exact noise models of Gaussian and Gaussian-mixture
+  data under a CLD process, usable as CLD nets (`samplers.sample(oracle, latents, solver='gddim')`).
 
 `solve_pf_ode(net, x, sigma_from, sigma_to)` integrates dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al.
 2022, eq. 1 and 3 with sigma(t) = t, s(t) = 1) with scipy's DOP853 in float64 and tight tolerances.
@@ -19,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from .cld import GaussianCLD, GaussianMixtureCLD
 from .sampling import sample
 from .schedules import get_schedule
 
@@ -241,5 +244,5 @@ ORDER_STUDY = [
 ]
 
 
-__all__ = ['AnalyticDenoiser', 'Gaussian', 'GaussianMixture', 'IdealDenoiser', 'solve_pf_ode',
-           'order_study_problem', 'empirical_order', 'ORDER_STUDY']
+__all__ = ['AnalyticDenoiser', 'Gaussian', 'GaussianMixture', 'IdealDenoiser', 'GaussianCLD', 'GaussianMixtureCLD',
+           'solve_pf_ode', 'order_study_problem', 'empirical_order', 'ORDER_STUDY']

@@ -1,16 +1,19 @@
-"""Critically-damped Langevin diffusion (CLD) for sampling: the process and exact noise models of known data.
+"""Critically-damped Langevin diffusion (CLD) for sampling: the net contract and exact noise models of known data.
 
 CLD's state u = (x, v) and its matrix-valued coefficients do not fit the scalar-sigma denoiser contract, so CLD has
 its own contract: a CLD net is called as `net(u, t, class_labels=None, **model_kwargs) -> eps` with u = (x, v)
 stacked on the channel axis ([B, 2C, H, W], x first), t a number or one time per sample, and eps the gDDIM noise
-prediction of both channels (score = -R_t^-T eps); it has `cld` (a `CLD`), `img_channels` (C), `img_resolution`
-and `label_dim`. Trained nets are `training.cld.CLDPrecond`; the process itself lives in `training.cld` because
-snapshots embed it. Samplers: `samplers.gddim`.
+prediction of both channels (score = -R_t^-T eps); it has `cld` (the process: `psi`, `R`, `cov`, `drift`,
+`diffusion_sq`, `prior` and the layout helpers `stack`, `split`, `mat`, `apply`), `img_channels` (C),
+`img_resolution` and `label_dim`. Trained nets are `training.cld.CLDPrecond`, whose `cld` is a `training.cld.CLD`;
+this package never imports `training`, so it takes the process from the net or as an argument. Samplers:
+`samplers.gddim` (registered as solvers 'gddim' and 'cld_em' of kind 'cld').
 
-Exact noise models (the test oracles; Gaussian data gives a Gaussian u_t per pixel):
+Exact noise models (the test oracles, also exported by `samplers.analytic`; Gaussian data gives a Gaussian u_t per
+pixel). Each is a CLD net for the process `cld` it is given:
 - `GaussianMixtureCLD`: x_0 ~ sum_k w_k N(mu_k, diag(s2_k)), each pixel independent within a component.
 - `GaussianCLD`: x_0 ~ N(mean, diag(var)) (one component).
-For component k, u_t | k ~ N(m_k, S_k) per pixel with m_k = Psi(t, 0) (mu_k, 0) and S_k = `CLD.cov` with initial
+For component k, u_t | k ~ N(m_k, S_k) per pixel with m_k = Psi(t, 0) (mu_k, 0) and S_k = `cld.cov` with initial
 covariance diag(s2_k + eps, gamma M + eps); eps*(u, t) = E[z | u_t = u] = -R_t^T grad log p_t(u)
 = R_t^T sum_k pi_k(u) S_k^-1 (u - m_k), with responsibilities pi_k from log-sum-exp.
 """
@@ -19,20 +22,19 @@ import math
 
 import torch
 
-from training.cld import CLD, apply, mat, split, stack
 
 # ----------------------------------------------------------------------------
 
 
 class GaussianMixtureCLD:
-    """Exact gDDIM noise model of x_0 ~ sum_k w_k N(mu_k, diag(s2_k)) under `cld` (default `CLD()`), in float64.
+    """Exact gDDIM noise model of x_0 ~ sum_k w_k N(mu_k, diag(s2_k)) under the CLD process `cld`, in float64.
 
     mu: [K, C, H, W]; s2: a number, [K] or broadcastable to [K, C, H, W]; w: [K] (default uniform).
     """
 
     label_dim = 0
 
-    def __init__(self, mu, s2, w=None, cld=None):
+    def __init__(self, mu, s2, w=None, *, cld):
         mu = torch.as_tensor(mu, dtype=torch.float64)
         if mu.ndim != 4:
             raise ValueError(f'mu must have shape [K, C, H, W] (got {list(mu.shape)})')
@@ -44,7 +46,7 @@ class GaussianMixtureCLD:
         k = mu.shape[0]
         w = torch.full([k], 1.0 / k, dtype=torch.float64) if w is None else torch.as_tensor(w, dtype=torch.float64)
         self.w = w / w.sum()
-        self.cld = CLD() if cld is None else cld
+        self.cld = cld
         self.img_channels, self.img_resolution = mu.shape[1], mu.shape[2]
 
     def _times(self, t, batch, device):
@@ -63,7 +65,7 @@ class GaussianMixtureCLD:
 
     def _components(self, u, t):
         """log p_t(u | k) + log w_k [B, K] and S_k^-1 (u - m_k) as (g_x, g_v) [B, K, C, H, W]."""
-        x, v = split(u.to(torch.float64))
+        x, v = self.cld.split(u.to(torch.float64))
         times, index = torch.unique(t, return_inverse=True)  # samplers pass one time for the whole batch
         (m_x, m_v), s = self.marginal(times)
         m_x, m_v, s = m_x[index], m_v[index], s[index]
@@ -84,10 +86,10 @@ class GaussianMixtureCLD:
         t = self._times(t, u.shape[0], u.device)
         logp, g_x, g_v = self._components(u, t)
         post = (logp - torch.logsumexp(logp, dim=1, keepdim=True)).exp().reshape(*logp.shape, 1, 1, 1)
-        g = stack((post * g_x).sum(1), (post * g_v).sum(1))          # -grad log p_t(u)
+        g = self.cld.stack((post * g_x).sum(1), (post * g_v).sum(1))   # -grad log p_t(u)
         times, index = torch.unique(t, return_inverse=True)
         r_t = self.cld.R(times).transpose(-1, -2)[index]
-        return apply(r_t, g).to(u.dtype)                              # eps* = R_t^T (-score)
+        return self.cld.apply(r_t, g).to(u.dtype)                       # eps* = R_t^T (-score)
 
     def sample(self, n, generator=None):
         """n samples of x_0 (float64 [n, C, H, W])."""
@@ -99,10 +101,10 @@ class GaussianMixtureCLD:
 class GaussianCLD(GaussianMixtureCLD):
     """Exact gDDIM noise model of x_0 ~ N(mean, diag(var)); mean [C, H, W], var a number or broadcastable."""
 
-    def __init__(self, mean, var, cld=None):
+    def __init__(self, mean, var, *, cld):
         mean = torch.as_tensor(mean, dtype=torch.float64)
         var = torch.as_tensor(var, dtype=torch.float64).expand(mean.shape)
-        super().__init__(mean[None], var[None], None, cld)
+        super().__init__(mean[None], var[None], cld=cld)
 
 
-__all__ = ['CLD', 'GaussianMixtureCLD', 'GaussianCLD', 'stack', 'split', 'apply', 'mat']
+__all__ = ['GaussianMixtureCLD', 'GaussianCLD']

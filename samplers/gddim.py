@@ -1,6 +1,7 @@
 """gDDIM for CLD (Zhang, Tao & Chen, ICLR 2023) and the Euler-Maruyama baseline on the same reverse SDE.
 
-Net contract: see `samplers.cld` (net(u, t, class_labels) -> eps, u = (x, v) stacked on the channel axis).
+Net contract: see `samplers.cld` (net(u, t, class_labels) -> eps, u = (x, v) stacked on the channel axis); the
+process comes from the net (`net.cld`) or the `cld=` argument.
 Reverse-time family of gDDIM (lambda = `langevin` >= 0; 0 is the probability-flow ODE, 1 the reverse SDE):
     du = [F_t u + (1 + lambda^2) / 2 G_t G_t^T R_t^-T eps(u, t)] dt + lambda G_t dW.
 Every sampler here is a linear multistep recursion per pixel,
@@ -24,28 +25,14 @@ import math
 import numpy as np
 import torch
 
-from training.cld import apply, split
+from .registry import SolverSpec, register_solver
+from .schedules import gddim_schedule as time_steps  # (re-exported: samplers.gddim.time_steps)
+from .stepping import StepRecord
 
 _GL_X, _GL_W = (torch.as_tensor(g, dtype=torch.float64) for g in np.polynomial.legendre.leggauss(16))
 
 # ----------------------------------------------------------------------------
-# Time grid.
-
-
-def time_steps(num_steps, t_max=1.0, t_min=1e-3, ts_order=2, device=None, dtype=torch.float64):
-    """gDDIM's grid t_k = (t_max^(1/p) + k / (N - 1) (t_min^(1/p) - t_max^(1/p)))^p, k = 0..N-1, p = ts_order.
-
-    `num_steps` = N timestamps (N - 1 steps); with the final denoising step NFE = N (gDDIM's nfe=50 is N = 50).
-    """
-    if int(num_steps) < 2:
-        raise ValueError(f'num_steps must be at least 2 (got {num_steps})')
-    if not 0 < t_min < t_max:
-        raise ValueError(f'need 0 < t_min < t_max (got t_min={t_min}, t_max={t_max})')
-    k = torch.arange(int(num_steps), dtype=torch.float64) / (int(num_steps) - 1)
-    p = float(ts_order)
-    t = (t_max ** (1 / p) + k * (t_min ** (1 / p) - t_max ** (1 / p))) ** p
-    t[0], t[-1] = t_max, t_min
-    return t.to(device=device, dtype=dtype)
+# Time grid: `time_steps(num_steps)` (samplers.schedules.gddim_schedule).
 
 
 def _check_steps(t_steps):
@@ -211,27 +198,40 @@ def _run(net, u, t_all, coefs, class_labels, cld, randn_like, callback, model_kw
     for i in range(len(t_all) - 1):
         eps = eps_at(u, float(t_all[i]))
         history = [eps] + history[:c.shape[1] - 1]                # eps_i, eps_{i-1}, ..., eps_{i-k+1}
-        u_next = apply(psi[i], u)
+        u_next = cld.apply(psi[i], u)
         for j, e in enumerate(history):
-            u_next = u_next + apply(c[i, j], e)
+            u_next = u_next + cld.apply(c[i, j], e)
         if noise is not None:
-            u_next = u_next + apply(noise[i], randn_like(u).to(dtype))
+            u_next = u_next + cld.apply(noise[i], randn_like(u).to(dtype))
         if callback is not None:
-            callback(i, float(t_all[i]), float(t_all[i + 1]), u, u_next, eps)
+            callback(StepRecord(i, t_all[i], t_all[i + 1], u, u_next, eps))
         u = u_next
     if denoise_final:  # gDDIM's final step: reverse-SDE drift (full G G^T), no noise, from t_min to 0.
         t_min = float(t_all[-1])
         eps = eps_at(u, t_min)
         gg_r = cld.diffusion_sq(t_min) @ torch.linalg.inv(cld.R(t_min)).T
-        u = u - t_min * (apply(cld.drift(t_min), u) + apply(gg_r, eps))
-    return u if return_u else split(u)[0]
+        u = u - t_min * (cld.apply(cld.drift(t_min), u) + cld.apply(gg_r, eps))
+    return u if return_u else cld.split(u)[0]
 
 
 def _process_of(net, cld):
     cld = getattr(net, 'cld', None) if cld is None else cld
     if cld is None:
-        raise TypeError('the sampler needs a CLD net (with a `cld` attribute) or cld=CLD(...)')
+        raise ValueError(f'the CLD samplers need a CLD net (one with a `cld` process) or cld=...; got '
+                         f'{type(net).__name__}, which has none')
     return cld
+
+
+def _check_options(max_order=1, langevin=0.0):
+    """Validated (max_order, langevin) of the CLD samplers."""
+    if isinstance(max_order, bool) or not isinstance(max_order, (int, np.integer)) or not 1 <= max_order <= 4:
+        raise ValueError(f'max_order must be 1, 2, 3 or 4 (got {max_order!r})')
+    if isinstance(langevin, bool) or not isinstance(langevin, (int, float)) or not 0 <= langevin < math.inf:
+        raise ValueError(f'langevin must be a number >= 0 (got {langevin!r})')
+    if langevin > 0 and max_order != 1:
+        raise ValueError(f'langevin > 0 runs the order-0 stochastic gDDIM step: set max_order=1 (got {max_order}); '
+                         'extrapolating eps across the injected noise is unstable (docs/cld_gddim.md)')
+    return int(max_order), float(langevin)
 
 
 def gddim(net, u, t_steps, class_labels=None, *, cld=None, max_order=3, langevin=0.0, randn_like=None, callback=None,
@@ -239,21 +239,19 @@ def gddim(net, u, t_steps, class_labels=None, *, cld=None, max_order=3, langevin
     """gDDIM from the state u at t_steps[0] (e.g. `cld.prior(latents, randn_like)`) along `t_steps` (e.g.
     `time_steps(num_steps)`), returning x (or the full state with `return_u`).
 
+    cld: the process (default `net.cld`).
     max_order: number k of past noise predictions in the multistep extrapolation, 1..4 (gDDIM's deis_order = k - 1;
       1 is the order-0 gDDIM step). langevin: lambda >= 0 (0 deterministic, 1 the reverse SDE); lambda > 0 needs
       max_order=1.
     randn_like: the only noise source (stochastic steps call it once per step with u; default torch.randn_like).
-    callback(i, t_cur, t_next, u_cur, u_next, eps) after each step. The state is float64 if u is, else float32.
+    callback: called after each step with a `samplers.StepRecord(i, t_cur, t_next, u_cur, u_next, eps)`.
+    The state is float64 if u is, else float32.
     """
     cld = _process_of(net, cld)
-    if not langevin >= 0:
-        raise ValueError(f'langevin must be >= 0 (got {langevin})')
+    max_order, langevin = _check_options(max_order, langevin)
     t_all = _check_steps(t_steps)
     if langevin == 0:
         coefs = gddim_coefficients(cld, t_all, max_order)
-    elif max_order != 1:
-        raise ValueError(f'langevin > 0 runs the order-0 stochastic gDDIM step: use max_order=1 (got {max_order}); '
-                         'extrapolating eps across the injected noise is unstable (docs/cld_gddim.md)')
     else:
         coefs = sdeis_coefficients(cld, t_all, langevin)
     return _run(net, u, t_all, coefs, class_labels, cld, randn_like, callback, model_kwargs, denoise_final, return_u)
@@ -264,11 +262,30 @@ def euler_maruyama(net, u, t_steps, class_labels=None, *, cld=None, langevin=1.0
     """Euler-Maruyama on the reverse-time family of strength `langevin` (1: reverse SDE, 0: Euler on the
     probability-flow ODE), same arguments and final step as `gddim`."""
     cld = _process_of(net, cld)
-    if not langevin >= 0:
-        raise ValueError(f'langevin must be >= 0 (got {langevin})')
+    _, langevin = _check_options(langevin=langevin)
     t_all = _check_steps(t_steps)
     coefs = em_coefficients(cld, t_all, langevin)
     return _run(net, u, t_all, coefs, class_labels, cld, randn_like, callback, model_kwargs, denoise_final, return_u)
 
+# ----------------------------------------------------------------------------
+# Registry entries (kind 'cld': `samplers.sample` builds `time_steps(num_steps)`, draws the state with the prior hook
+# and calls the sampler; NFE = num_steps with the final denoising step).
 
-__all__ = ['time_steps', 'gddim', 'euler_maruyama', 'gddim_coefficients', 'sdeis_coefficients', 'em_coefficients']
+
+def _nfe(num_steps, options):
+    return num_steps
+
+
+def _prepare(t_steps, **options):
+    """Check the options before any work (`samplers.sample`, generate.py); the coefficients depend on the net's
+    process and are built by the sampler."""
+    _check_options(**options)
+    return options
+
+
+register_solver(SolverSpec('gddim', gddim, dict(max_order=3, langevin=0.0), kind='cld', needs='cld', nfe=_nfe,
+                           prepare=_prepare, max_order=4, order=3, teacher=False,
+                           doc='gDDIM for CLD (exponential multistep; stochastic with langevin > 0)'))
+register_solver(SolverSpec('cld_em', euler_maruyama, dict(langevin=1.0), kind='cld', needs='cld', nfe=_nfe,
+                           prepare=_prepare, order=1, stochastic=True, teacher=False,
+                           doc='Euler-Maruyama on the CLD reverse SDE (baseline)'))

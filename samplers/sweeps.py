@@ -121,7 +121,7 @@ def noisy_heun(net, latents, class_labels=None, *, alpha, num_steps=18, sigma_mi
 def check_variants(kind, kwargs, chosen):
     """Raise selection.OptionError if a robustness variant does not fit the chosen sampler."""
     names = {v[0] for v in chosen if v is not None}
-    if 'alpha' in names and (kind != 'edm' or kwargs.get('S_churn')):
+    if 'alpha' in names and (kind != 'edm' or kwargs.get('solver', 'edm') != 'edm' or kwargs.get('S_churn')):
         raise selection.OptionError('--alpha injects noise into EDM\'s deterministic Heun sampler; use it without '
                                     '--solver (or with --solver=edm) and without --S_churn')
     if 'steps' in names and 't_steps' in kwargs:
@@ -161,8 +161,10 @@ def save_trajectory_gif(path, trajectory, duration_ms=100):
 
 
 def generate(net, seeds, outdir, kind, kwargs, *, kimg=None, chosen=(None,), prior=None, subdirs=False,
-             save_gif=False, max_batch_size=64, class_idx=None, device=torch.device('cpu'), note=print):
+             save_gif=False, max_batch_size=64, class_idx=None, device=torch.device('cpu'), grid=None, note=print):
     """Sample `net` for every variant in `chosen`; returns the folders written.
+
+    grid: a path for the grid PNG of a single plain run (`generation.generate_images`), else None.
 
     kimg None: one network, images into `outdir` (or `outdir/<name>_<value>` per variant), all seeds regenerated.
     kimg given: a checkpoint of the run directory `outdir`, into its `ckpt_*` folders with 1000-seed subfolders;
@@ -195,7 +197,8 @@ def generate(net, seeds, outdir, kind, kwargs, *, kimg=None, chosen=(None,), pri
                                                                   if len(todo) < len(seeds) else '...'))
         generation.generate_images(model, todo, folder, sampler_fn(kind, kwargs, variant, prior),
                                    max_batch_size=max_batch_size, class_idx=class_idx,
-                                   subdirs=subdirs or kimg is not None, device=device)
+                                   subdirs=subdirs or kimg is not None, device=device,
+                                   grid=grid if (kimg is None and variant is None) else None)
         folders.append(folder)
     return folders
 

@@ -12,16 +12,8 @@ import torch
 from torch_utils import persistence
 from training import networks
 
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's jvp decompositions
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny networks: on a busy 2-core machine a second OpenMP thread makes them (and forward-mode AD) much slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated'),  # torch's jvp decompositions
+              pytest.mark.usefixtures('one_thread')]
 
 
 def small_net(**kwargs):

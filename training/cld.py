@@ -11,6 +11,9 @@ beta(t) = beta_0 + beta_1 t, B(s, t) = int_s^t beta. Data: u_0 = (x_0, v_0) with
 analytically (hybrid score matching), plus the numerical `eps` of gDDIM in the initial covariance:
 Sigma_0 = diag(eps, gamma M + eps). Defaults are the CIFAR-10 values of the gDDIM code (qsh-zh/gDDIM).
 
+The samplers (`samplers.cld`, `samplers.gddim`; that package never imports `training`) receive the process from the
+net (`net.cld`) and use its static layout helpers (`CLD.stack`, `split`, `mat`, `apply`).
+
 This file is embedded in training snapshots (torch_utils.persistence), so its imports are numpy, torch and
 torch_utils.persistence only; the U-Net classes are looked up in training.networks when a network is constructed
 (unpickling restores instances without calling their constructor).
@@ -19,41 +22,6 @@ torch_utils.persistence only; the U-Net classes are looked up in training.networ
 import numpy as np
 import torch
 from torch_utils import persistence
-
-# ----------------------------------------------------------------------------
-# Per-pixel 2x2 algebra on stacked states.
-
-
-def stack(x, v):
-    """u = (x, v) stacked on the channel axis."""
-    return torch.cat([x, v], dim=1)
-
-
-def split(u):
-    """(x, v) of a stacked state."""
-    return u.chunk(2, dim=1)
-
-
-def mat(a, b, c, d):
-    """The 2x2 matrices [[a, b], [c, d]] (entries broadcast together) as a tensor [..., 2, 2]."""
-    a, b, c, d = torch.broadcast_tensors(*[torch.as_tensor(e, dtype=torch.float64) for e in (a, b, c, d)])
-    return torch.stack([torch.stack([a, b], -1), torch.stack([c, d], -1)], -2)
-
-
-def apply(m, u):
-    """m u per pixel. m: [2, 2], one matrix per sample [B, 2, 2], or a field [..., 2, 2] that broadcasts against
-    the x half of u ([B, C, H, W]). The product is computed in u's dtype."""
-    x, v = split(u)
-    if m.ndim == 3:
-        m = m.reshape(m.shape[0], *[1] * (x.ndim - 1), 2, 2)
-    m = m.to(device=u.device, dtype=u.dtype)
-    return stack(m[..., 0, 0] * x + m[..., 0, 1] * v, m[..., 1, 0] * x + m[..., 1, 1] * v)
-
-
-def _inv(m):
-    det = m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
-    return mat(m[..., 1, 1], -m[..., 0, 1], -m[..., 1, 0], m[..., 0, 0]) / det[..., None, None]
-
 
 _INV_FACTORIAL = np.cumprod([1.0] + [1.0 / n for n in range(1, 16)])  # 1/n!, n = 0..15
 
@@ -80,6 +48,41 @@ class CLD:
     All methods take times as numbers or tensors (any shape; float64 inside) and return float64 tensors.
     Times lie in [0, 16]; sampling uses [t_min, 1].
     """
+
+    # Per-pixel 2x2 algebra on stacked states. Static, so that code holding only the process (the samplers, which
+    # receive it from the net) uses the same layout.
+
+    @staticmethod
+    def stack(x, v):
+        """u = (x, v) stacked on the channel axis."""
+        return torch.cat([x, v], dim=1)
+
+    @staticmethod
+    def split(u):
+        """(x, v) of a stacked state."""
+        return u.chunk(2, dim=1)
+
+    @staticmethod
+    def mat(a, b, c, d):
+        """The 2x2 matrices [[a, b], [c, d]] (entries broadcast together) as a float64 tensor [..., 2, 2]."""
+        a, b, c, d = torch.broadcast_tensors(*[torch.as_tensor(e, dtype=torch.float64) for e in (a, b, c, d)])
+        return torch.stack([torch.stack([a, b], -1), torch.stack([c, d], -1)], -2)
+
+    @staticmethod
+    def inv(m):
+        """Inverse of 2x2 matrices [..., 2, 2]."""
+        det = m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
+        return CLD.mat(m[..., 1, 1], -m[..., 0, 1], -m[..., 1, 0], m[..., 0, 0]) / det[..., None, None]
+
+    @staticmethod
+    def apply(m, u):
+        """m u per pixel. m: [2, 2], one matrix per sample [B, 2, 2], or a field [..., 2, 2] that broadcasts against
+        the x half of u ([B, C, H, W]). The product is computed in u's dtype."""
+        x, v = CLD.split(u)
+        if m.ndim == 3:
+            m = m.reshape(m.shape[0], *[1] * (x.ndim - 1), 2, 2)
+        m = m.to(device=u.device, dtype=u.dtype)
+        return CLD.stack(m[..., 0, 0] * x + m[..., 0, 1] * v, m[..., 1, 0] * x + m[..., 1, 1] * v)
 
     def __init__(self, beta_0=4.0, beta_1=0.0, m_inv=4.0, gamma=0.04, eps=1e-6):
         if not (beta_0 > 0 and beta_1 >= 0 and m_inv > 0 and gamma >= 0 and eps > 0):
@@ -112,17 +115,17 @@ class CLD:
     def drift(self, t):
         """F_t."""
         k, b = self.kappa, self.beta(t)
-        return mat(0 * b, k * k * b, -b, -2 * k * b)
+        return self.mat(0 * b, k * k * b, -b, -2 * k * b)
 
     def diffusion_sq(self, t):
         """G_t G_t^T = diag(0, 2 Gamma beta(t))."""
         b = self.beta(t)
-        return mat(0 * b, 0 * b, 0 * b, 2 * self.Gamma * b)
+        return self.mat(0 * b, 0 * b, 0 * b, 2 * self.Gamma * b)
 
     def psi(self, t, s=0.0):
         """Transition matrix Psi(t, s) = exp(B(s, t) [[0, kappa^2], [-1, -2 kappa]]) (double eigenvalue -kappa)."""
         k, B = self.kappa, self.beta_int(t, s)
-        return mat(1 + k * B, k * k * B, -B, 1 - k * B) * torch.exp(-k * B)[..., None, None]
+        return self.mat(1 + k * B, k * k * B, -B, 1 - k * B) * torch.exp(-k * B)[..., None, None]
 
     def var0(self):
         """Diagonal of Sigma_0: (eps, gamma M + eps)."""
@@ -143,7 +146,7 @@ class CLD:
         s_xx = a * p[..., 0, 0] ** 2 + b * p[..., 0, 1] ** 2 + n_xx
         s_xv = a * p[..., 0, 0] * p[..., 1, 0] + b * p[..., 0, 1] * p[..., 1, 1] + n_xv
         s_vv = a * p[..., 1, 0] ** 2 + b * p[..., 1, 1] ** 2 + n_vv
-        return mat(s_xx, s_xv, s_xv, s_vv)
+        return self.mat(s_xx, s_xv, s_xv, s_vv)
 
     def chol(self, t):
         """Lower Cholesky factor L_t of Sigma_t (the factor of CLD-SGM)."""
@@ -151,7 +154,7 @@ class CLD:
         l_xx = s[..., 0, 0].sqrt()
         l_vx = s[..., 0, 1] / l_xx
         l_vv = (s[..., 1, 1] - l_vx ** 2).sqrt()
-        return mat(l_xx, 0 * l_xx, l_vx, l_vv)
+        return self.mat(l_xx, 0 * l_xx, l_vx, l_vv)
 
     def _theta_rate(self, t):
         # d theta / dt = -kappa^2 beta L_vv / L_xx = -kappa^2 beta sqrt(det Sigma) / Sigma_xx.
@@ -190,30 +193,30 @@ class CLD:
         scalar equation, d theta/dt = -(F_t)_xv L_vv / L_xx, because the x-row of G G^T vanishes
         (docs/cld_gddim.md)."""
         th = self.theta(t)
-        rot = mat(th.cos(), -th.sin(), th.sin(), th.cos())
+        rot = self.mat(th.cos(), -th.sin(), th.sin(), th.cos())
         return self.chol(t) @ rot
 
     def mean(self, x0, t):
         """E[u_t | x_0] = Psi(t, 0) (x_0, 0) for x0 [B, C, H, W] and t (number or [B])."""
-        return apply(self.psi(t), stack(x0, torch.zeros_like(x0)))
+        return self.apply(self.psi(t), self.stack(x0, torch.zeros_like(x0)))
 
     def perturb(self, x0, t, z):
         """u_t = Psi(t, 0) (x_0, 0) + R_t z, z [B, 2C, H, W] standard normal (gDDIM's forward sample)."""
-        return self.mean(x0, t) + apply(self.R(t), z)
+        return self.mean(x0, t) + self.apply(self.R(t), z)
 
     def prior(self, latents, randn_like=None):
         """A sample of the equilibrium N(0, I) x N(0, M I): x = latents (standard normal, drawn by the caller), then
         v = sqrt(M) randn_like(latents)."""
         v = (torch.randn_like if randn_like is None else randn_like)(latents) * float(np.sqrt(self.M))
-        return stack(latents, v.to(latents.dtype))
+        return self.stack(latents, v.to(latents.dtype))
 
     def eps_to_score(self, eps, t):
         """Score of the noise prediction: s = -R_t^-T eps."""
-        return -apply(_inv(self.R(t)).transpose(-1, -2), eps)
+        return -self.apply(self.inv(self.R(t)).transpose(-1, -2), eps)
 
     def score_to_eps(self, score, t):
         """eps = -R_t^T s."""
-        return -apply(self.R(t).transpose(-1, -2), score)
+        return -self.apply(self.R(t).transpose(-1, -2), score)
 
 
 _processes = {}
@@ -291,7 +294,8 @@ class CLDPrecond(torch.nn.Module):
         f = self.model(u.to(dtype), c_noise, class_labels=class_labels, **model_kwargs)
         assert f.dtype == dtype or autocast
         theta = self.cld.theta(t.to(torch.float64))
-        return apply(mat(theta.cos(), theta.sin(), -theta.sin(), theta.cos()), f.to(io_dtype))  # Rot(theta)^T f
+        rot_t = CLD.mat(theta.cos(), theta.sin(), -theta.sin(), theta.cos())  # Rot(theta)^T
+        return CLD.apply(rot_t, f.to(io_dtype))
 
 
 @persistence.persistent_class
@@ -300,11 +304,24 @@ class CLDLoss:
     loss (eps(u_t, t) - z)^2 unweighted. Called as `loss(net, images, labels=None, augment_pipe=None, rng=None)`;
     returns the per-element loss [N, 2C, H, W] (the training loop sums it; gDDIM averages, a constant factor).
     Random draws: t per sample, then the augmentation (of x_0), then z.
+    It has the training loop's hooks of `training.loss.Loss` (`set_step`, `state_dict`, `load_state_dict`; no state)
+    written out, because this file imports no other project module (see the module docstring).
     """
+    step = 0
 
     def __init__(self, beta_0=4.0, beta_1=0.0, m_inv=4.0, gamma=0.04, eps=1e-6, epsilon_t=1e-5):
         self.cld_params = CLD(beta_0, beta_1, m_inv, gamma, eps).params()
         self.epsilon_t = epsilon_t
+
+    def set_step(self, step):
+        self.step = int(step)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        if state:
+            raise ValueError(f'CLDLoss has no state to load, got {sorted(state)}')
 
     @property
     def cld(self):

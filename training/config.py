@@ -10,6 +10,7 @@ import re
 
 import dnnlib
 from dnnlib.cli import one_line
+from training.cld import CLD
 
 # ----------------------------------------------------------------------------
 # Registries.
@@ -39,15 +40,14 @@ PRECONDS = {
                    loss_kwargs={}, options=('fdm',)),
     'fdm_ve': dict(network='training.networks.FDM_VEPrecond', loss='training.loss.VELoss', network_kwargs={},
                    loss_kwargs={}, options=('fdm',)),
+    # CLD in gDDIM's noise parameterisation (docs/cld_gddim.md): the U-Net gets 2C channels. The process's
+    # parameters (gDDIM's CIFAR-10 setting) are written out, so that snapshots and training options carry them.
+    'cld': dict(network='training.cld.CLDPrecond', loss='training.cld.CLDLoss', network_kwargs=CLD().params(),
+                loss_kwargs=CLD().params(), options=()),
 }
 FDM_MULTIPLIER = 2.0    # FDM train.py's default --fdm_multiplier.
 PFGMPP_AUG_DIM = 128    # PFGM++ train.py's default --aug_dim.
 STF_RBATCH = 4096       # PFGM++ train.py's default --rbatch.
-
-# Formulations planned on the same foundation (README.md) but not implemented yet.
-PLANNED_PRECONDS = {
-    'cld': 'CLD (critically-damped Langevin, gDDIM)',
-}
 
 # Augmentation used with --augment=P (EDM train.py): 9 augment labels.
 AUGMENT_KWARGS = dict(class_name='training.augment.AugmentPipe', xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1,
@@ -70,8 +70,6 @@ def check_precond(name):
     supported = ', '.join(PRECONDS)
     if name in PRECONDS:
         return name
-    if name in PLANNED_PRECONDS:
-        raise ConfigError(f'--precond={name} ({PLANNED_PRECONDS[name]}) is not supported yet; supported: {supported}')
     if name == 'sigma':
         raise ConfigError('--precond=sigma is a research option whose meaning was never published; '
                           f'supported: {supported}')
@@ -105,6 +103,10 @@ def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch
         raise ConfigError(f'--arch={arch} is unknown; supported: {", ".join(ARCHS)}')
     if transfer is not None and resume is not None:
         raise ConfigError('--transfer/--pretrain and --resume cannot be combined (resume continues its own run)')
+    if cres is not None and (len(cres) == 0 or any(int(m) < 1 for m in cres)):
+        raise ConfigError(f'--cres={",".join(str(m) for m in cres)}: every channel multiplier must be at least 1')
+    if cbase is not None and cbase < 1:
+        raise ConfigError(f'--cbase={cbase} must be at least 1')
     if batch < 1 or (batch_gpu is not None and batch_gpu < 1):
         raise ConfigError('--batch and --batch-gpu must be positive')
     if batch % world_size:

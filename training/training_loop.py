@@ -216,9 +216,12 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def log_to_file(path):
-    """Copy stdout and stderr into `path` (append) for the duration of the block."""
+def log_to_file(path, preamble=''):
+    """Copy stdout and stderr into `path` (appended in place, not written atomically) for the duration of the
+    block; `preamble` (what was printed before the file could be opened) is written to the file first."""
     with open(path, 'a', encoding='utf-8') as f:
+        f.write(preamble)
+        f.flush()
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(sys.stdout, f), _Tee(sys.stderr, f)
         try:
