@@ -23,6 +23,7 @@ from samplers import generation, pfgmpp, selection, sweeps
 from samplers.itotaylor import LAPLACIAN_METHODS
 from torch_utils import distributed as dist
 from torch_utils import persistence
+from torch_utils import precision as fast
 
 ODE_SOLVERS = tuple(samplers.solver_names(kind='ode'))
 TEACHERS = tuple(samplers.solver_names(kind='ode', teacher=True))
@@ -67,7 +68,10 @@ def load_net(network, trust_pickle, device, skip_without_network=False):
         raise click.BadParameter(f'cannot load network: {e}', param_hint='--network')
     except dnnlib.util.InputError as e:
         raise click.BadParameter(f'cannot load network: {e}', param_hint='--network')
-    return data['ema'].eval().requires_grad_(False).to(device)
+    net = data['ema'].eval().requires_grad_(False).to(device)
+    del data
+    fast.release_memory()  # Hand the loader's transient copy back to the OS before sampling starts.
+    return net
 
 
 def make_prior(net, opts):
@@ -130,6 +134,11 @@ def resolve_model(network, dataset_name, outdir, grid):
 @bool_option('--grid', help='Also save the images as one grid PNG next to the folder (OUTDIR-grid.png)')
 @bool_option('--trust-pickle', 'trust_pickle',
              help='Allow legacy unpickling, which runs code embedded in the checkpoint (trusted files only)')
+# Speed (torch_utils/precision.py).
+@click.option('--precision', help='Network precision: fp32, or autocast to bf16 (CPU, CUDA) or fp16 (CUDA)',
+              type=click.Choice(list(fast.PRECISIONS)), default='fp32', show_default=True)
+@bool_option('--compile', 'compile_net', help='torch.compile the network (the first batch compiles)')
+@bool_option('--tf32', help='Allow TF32 matrix products and convolutions on CUDA')
 # EDM sampler (Algorithm 2) and ablation sampler.
 @click.option('--steps', 'steps', help='EDM and SDE samplers: number of noise levels (NFE = 2*steps-1)  '
               '[default: 18]',
@@ -213,7 +222,7 @@ def resolve_model(network, dataset_name, outdir, grid):
 @click.option('--quant_bits', help='Robustness: weight quantisation bits (folders *_quant_B)', metavar='LIST',
               type=IntListType(), default=None)
 def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
-         **opts):
+         precision, compile_net, tf32, **opts):
     """Generate images with a diffusion model.
 
     \b
@@ -221,6 +230,9 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
     # 64 images from an official EDM model (EDM Algorithm 2, 18 steps)
     python generate.py --outdir=out --seeds=0-63 --batch=64 \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    \b
+    # The same in bfloat16 (autocast; faster on CPUs with AVX512-BF16 or AMX and on GPUs)
+    python generate.py --outdir=out --seeds=0-63 --precision=bf16 --network=net.pkl
     \b
     # Ito-Taylor SDE sampler (2nd-SED), 84 noise levels, rho = 3
     python generate.py --outdir=out --network=net.pkl --steps=84 --randn_like=ddb --rho=3
@@ -247,15 +259,22 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
         device = dist.init(device)
     except RuntimeError as e:
         raise click.BadParameter(str(e), param_hint='--device')
+    speed = dict(precision=precision, compile=compile_net, tf32=tf32)
     try:
         _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid,
-                  trust_pickle, opts)
+                  trust_pickle, opts, speed)
     finally:
         dist.shutdown()
 
 
 def _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
-              opts):
+              opts, speed):
+    try:
+        note = fast.check(speed['precision'], device)
+    except fast.PrecisionError as e:
+        raise click.BadParameter(str(e), param_hint='--precision')
+    if note:
+        dist.print0(f'Warning: {note}.')
     if outdir is not None:
         check_outdir(outdir)
     if network is not None:
@@ -266,9 +285,11 @@ def _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batc
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint='--outdir') from None
         dist.print0(f'{len(targets)} checkpoint(s) of {outdir} in {opts["ckpt"]}..{opts["end_ckpt"]} kimg')
+    fast.set_tf32(speed['tf32'])
     for kimg, path in targets:
         net = load_net(path, trust_pickle, device, skip_without_network=kimg is not None)
         if net is not None:
+            net = fast.wrap(net, speed['precision'], device, compile=speed['compile'])
             _generate_one(net, path, kimg, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device,
                           grid, opts)
     dist.barrier()

@@ -6,7 +6,7 @@ Public API (stable):
     samplers.sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=None, sigma_min=0.002,
                     sigma_max=80, schedule_type='polynomial', schedule_rho=7, afs=False, denoise_to_zero=False,
                     randn_like=None, generator=None, prior=None, callback=None, return_trajectory=False,
-                    model_kwargs=None, **solver_options)
+                    model_kwargs=None, precision=None, **solver_options)
     samplers.get_schedule(num_steps, sigma_min, sigma_max, schedule_type='polynomial', schedule_rho=7, net=None,
                           device=None)
     samplers.gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea='ipndm',
