@@ -139,10 +139,11 @@ def _attention(q, k, v):
     """a_i = sum_j softmax_j(q_i . k_j / sqrt(c)) v_j for q, k, v of shape [N, c, L] (Vaswani et al. 2017, eq. 1).
 
     torch's fused kernel (scaled_dot_product_attention) where available; the plain path in float64 (the reference
-    precision of exactness checks) and under forward-mode AD, for which the fused CPU kernel has no rule.
+    precision of exactness checks), under forward-mode AD, for which the fused CPU kernel has no rule, and on the
+    meta device (shape checks), where the fused kernel's shape rule would import torch's compiler (~75 MB).
     """
     sdpa = getattr(torch.nn.functional, 'scaled_dot_product_attention', None)  # PyTorch >= 2.0
-    if sdpa is not None and q.dtype != torch.float64 and not _has_tangent(q, k, v):
+    if sdpa is not None and q.dtype != torch.float64 and q.device.type != 'meta' and not _has_tangent(q, k, v):
         return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     return torch.einsum('nij,ncj->nci', _attention_weights(q, k), v)
 
