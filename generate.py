@@ -11,6 +11,7 @@ import os
 import pickle
 
 import click
+import numpy as np
 import torch
 
 import dnnlib
@@ -107,8 +108,8 @@ def check_outdir(outdir):
 # Fast solvers (GITS toolbox).
 @click.option('--num_steps', help='Fast solvers: number of timestamps (NFE = num_steps-1 for one-stage '
               'solvers)  [default: 7]', metavar='INT', type=click.IntRange(min=2), default=None)
-@click.option('--schedule_type', help='Fast solvers: time schedule  [default: polynomial]',
-              type=click.Choice(['polynomial', 'logsnr', 'time_uniform', 'discrete']), default=None)
+@click.option('--schedule_type', help='Fast solvers: time schedule (learned: searched for the solver, cached)  '
+              '[default: polynomial]', type=click.Choice([*samplers.SCHEDULE_TYPES, 'learned']), default=None)
 @click.option('--schedule_rho', help='Fast solvers: schedule exponent  [default: 7]', metavar='FLOAT', type=float,
               default=None)
 @click.option('--max_order', help=_max_order_help(), metavar='INT', type=click.IntRange(1, MAX_ORDER), default=None)
@@ -130,8 +131,8 @@ def check_outdir(outdir):
               show_default=True)
 @click.option('--coeff', help='GITS: cost coefficient gamma', metavar='FLOAT', type=float, default=1.15,
               show_default=True)
-@click.option('--num_warmup', help='GITS: warm-up trajectories', metavar='INT', type=click.IntRange(min=1),
-              default=256, show_default=True)
+@click.option('--num_warmup', help='GITS and learned schedules: warm-up trajectories', metavar='INT',
+              type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--solver_tea', help='GITS: teacher solver', type=click.Choice(TEACHERS), default='ipndm',
               show_default=True)
 @click.option('--num_steps_tea', help='GITS: teacher timestamps (fine grid)', metavar='INT',
@@ -183,12 +184,15 @@ def _generate(network, outdir, seeds, subdirs, class_idx, max_batch_size, device
             raise click.BadParameter(f'{class_idx} is out of range: the network has {net.label_dim} classes '
                                      f'(0-{net.label_dim - 1})', param_hint='--class')
 
-    if kind == 'fast' and opts.get('dp') and 't_steps' not in sampler_kwargs:
-        t_steps, search = selection.gits_search(net, network, sampler_kwargs, opts, device)
-        dist.print0('GITS time schedule: [' + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
-        dist.print0('Reuse it with --t_steps=[' + ','.join(f'{t:g}' for t in t_steps) + ']')
+    found = selection.search_schedule(net, network, sampler_kwargs, opts, device) if kind == 'fast' else None
+    if found is not None:  # GITS (--dp) or learned (--schedule_type=learned) schedule, searched once and cached
+        name, t_steps, search = found
+        label = 'GITS' if name == 'gits' else 'Learned'
+        dist.print0(f'{label} time schedule: [' + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
+        # Shortest float32 text of each level: the sampler's float32 schedule is then reproduced exactly.
+        dist.print0('Reuse it with --t_steps=[' + ','.join(f'{np.float32(t)}' for t in t_steps) + ']')
         if dist.get_rank() == 0:
-            selection.write_json(os.path.join(outdir, 'gits_schedule.json'), dict(search=search, t_steps=t_steps))
+            selection.write_json(os.path.join(outdir, f'{name}_schedule.json'), dict(search=search, t_steps=t_steps))
         sampler_kwargs.pop('num_steps', None)
         sampler_kwargs['t_steps'] = t_steps
 

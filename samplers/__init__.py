@@ -11,6 +11,8 @@ Public API (stable):
     samplers.gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea='ipndm',
                            num_steps_tea=61, metric='dev', coeff=1.15, sigma_min=0.002, sigma_max=80,
                            schedule_type='polynomial', schedule_rho=7, afs=False, max_order=4, **teacher_options)
+    samplers.learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver, teacher=None,
+                            sigma_min=0.002, sigma_max=80, afs=False, denoise_to_zero=False, **solver_options)
     samplers.SOLVERS                      # name -> SolverSpec (read-only), registration order
     samplers.register_solver(spec)        # add a solver (see samplers.registry)
     samplers.solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options)
@@ -31,8 +33,9 @@ from .priors import gaussian_prior
 from .sampling import sample
 from . import edm, solvers  # registration order: 'edm', then the 'ode' solvers
 from .gits import gits_schedule, gits_cost_matrix, gits_dp, teacher_trajectory
+from .learn import learn_schedule
 
 __all__ = ['SCHEDULE_TYPES', 'get_schedule', 'edm_schedule', 'SOLVERS', 'SolverSpec', 'register_solver',
            'unregister_solver', 'get_solver', 'solver_names', 'option_names', 'solver_defaults',
            'check_solver_options', 'solver_nfe', 'Step', 'StepRecord', 'gaussian_prior', 'sample', 'gits_schedule',
-           'gits_cost_matrix', 'gits_dp', 'teacher_trajectory']
+           'gits_cost_matrix', 'gits_dp', 'teacher_trajectory', 'learn_schedule']
