@@ -20,13 +20,16 @@ Deliberate differences from EDM's tool: palette (``P``) images are converted to 
 (EDM would store palette indices as gray levels); an existing non-empty ``.zip`` destination is refused instead
 of overwritten; the CIFAR-10 and MNIST readers accept any number of images (the real files have 50000 / 60000).
 Everything here is importable: :func:`convert_dataset` is the whole tool without the command line.
+
+Sources are untrusted input: the CIFAR-10 pickles are read by a restricted unpickler that rebuilds plain numeric
+arrays only (`torch_utils.safe_numpy`), compressed members and decoded images are checked against
+`dnnlib.limits` before they are produced, and names taken from a source are printed escaped.
 """
 
 import gzip
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -39,16 +42,20 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
+from dnnlib import limits
+from dnnlib.cli import Command, one_line, refuse_torchrun
+from dnnlib.util import InputError, printable
+from torch_utils.safe_numpy import ArrayUnpickler
+from training import dataset as dataset_layout
+from training.dataset import archive_name, encode_png
+
 # ----------------------------------------------------------------------------
 # Errors.
 
 
 class DatasetToolError(click.ClickException):
-    """A conversion problem, reported as one line (``Error: ...``) by the command line."""
-
-
-def _one_line(text):
-    return ' '.join(str(text).split())
+    """A conversion problem, reported as one line (``Error: ...``) by the command line. Names taken from the
+    source are escaped with `dnnlib.util.printable` by whoever builds the message."""
 
 # ----------------------------------------------------------------------------
 # Small helpers.
@@ -59,12 +66,6 @@ def is_image_file_name(name):
     PIL.Image.init()
     ext = os.path.splitext(str(name))[1].lower()
     return ext != '' and ext in PIL.Image.EXTENSION
-
-
-def archive_name(index):
-    """EDM's name for image number `index`: the first five digits of the 8-digit index name the sub-folder."""
-    digits = f'{index:08d}'
-    return f'{digits[:5]}/img{digits}.png'
 
 
 def parse_resolution(text):
@@ -100,16 +101,21 @@ def _to_array(image, where):
     return array
 
 
-def decode_image(file, where):
-    """Decode an image file object into a uint8 array; a corrupt file raises DatasetToolError naming `where`."""
+def decode_image(data, where):
+    """Decode image bytes into a uint8 array; a corrupt file, or one whose decoded size exceeds the limits of
+    `dnnlib.limits`, raises DatasetToolError naming `where`."""
     try:
-        with PIL.Image.open(file) as image:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            limits.check_expansion(where, 'the decoded image', len(data), width * height * len(image.getbands()))
             image.load()
             return _to_array(image, where)
     except DatasetToolError:
         raise
+    except InputError as e:
+        raise DatasetToolError(str(e)) from None
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot read image {where}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot read image {where}: {printable(one_line(e))}') from None
 
 # ----------------------------------------------------------------------------
 # Sources. Each opener returns (number of images or None, iterator of (where, HW[C] uint8 array, label or None)).
@@ -122,15 +128,9 @@ def _sort_key_path_parts(relpath):
 
 def _labels_from_json(text, where):
     try:
-        labels = json.loads(text).get('labels')
-    except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'{where}: not a valid dataset.json ({_one_line(e)})') from None
-    if labels is None:
-        return {}
-    try:
-        return {str(entry[0]): entry[1] for entry in labels}
-    except Exception:  # pylint: disable=broad-except
-        raise DatasetToolError(f'{where}: "labels" must be a list of [file name, label] pairs') from None
+        return dataset_layout.parse_labels(text, where) or {}
+    except InputError as e:
+        raise DatasetToolError(str(e)) from None
 
 
 def open_image_folder(source, max_images=None):
@@ -162,79 +162,98 @@ def open_image_folder(source, max_images=None):
         for rel in relpaths[:count]:
             path = os.path.join(source, *rel.split('/'))
             try:
-                file = open(path, 'rb')
+                with open(path, 'rb') as file:
+                    data = file.read()
             except OSError as e:
-                raise DatasetToolError(f'cannot read image {path}: {e.strerror or _one_line(e)}') from None
-            with file:
-                yield path, decode_image(file, path), labels.get(rel)
+                raise DatasetToolError(f'cannot read image {printable(path)}: {e.strerror or one_line(e)}') from None
+            yield printable(path), decode_image(data, printable(path)), labels.get(rel)
     return count, iterate()
+
+
+def _read_zip_member(z, name, source, size):
+    try:
+        return limits.read_zip_member(z, name, f'{source}:{name}', size)
+    except InputError as e:
+        raise DatasetToolError(str(e)) from None
 
 
 def open_image_zip(source, max_images=None):
     """Every image in a zip archive (sorted names), labels from the archive's dataset.json."""
+    size = os.path.getsize(source)
     try:
         with zipfile.ZipFile(source) as z:
             names = sorted(name for name in z.namelist() if is_image_file_name(name) and not name.endswith('/'))
             labels = {}
             if 'dataset.json' in z.namelist():
-                labels = _labels_from_json(z.read('dataset.json').decode('utf-8'), f'{source}:dataset.json')
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetToolError(f'cannot read zip archive {source}: {_one_line(e)}') from None
+                text = _read_zip_member(z, 'dataset.json', source, size)
+                labels = _labels_from_json(text, f'{source}:dataset.json')
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DatasetToolError(f'cannot read zip archive {printable(source)}: {printable(one_line(e))}') from None
     count = len(names) if max_images is None else min(len(names), max_images)
 
     def iterate():
         with zipfile.ZipFile(source) as z:
             for name in names[:count]:
-                where = f'{source}:{name}'
+                where = printable(f'{source}:{name}')
                 try:
-                    data = z.read(name)
+                    data = _read_zip_member(z, name, source, size)
+                except DatasetToolError:
+                    raise
                 except Exception as e:  # pylint: disable=broad-except
-                    raise DatasetToolError(f'cannot read image {where}: {_one_line(e)}') from None
-                yield where, decode_image(io.BytesIO(data), where), labels.get(name)
+                    raise DatasetToolError(f'cannot read image {where}: {printable(one_line(e))}') from None
+                yield where, decode_image(data, where), labels.get(name)
     return count, iterate()
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only (the CIFAR-10 batches); anything else is refused."""
-    _allowed = {
-        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-        ('numpy', 'ndarray'), ('numpy', 'dtype'),
-        ('_codecs', 'encode'),  # How protocol-2 pickles written by Python 3 store bytes.
-    }
+CIFAR_MAX_ENTRIES = 64          # The real archive has 8 entries.
+CIFAR_MAX_PICKLE_OPS = 1 << 20  # A real batch of 10000 images is about 50000 pickle operations.
 
-    def find_class(self, module, name):
-        if (module, name) not in self._allowed:
-            raise pickle.UnpicklingError(f'unexpected object {module}.{name}')
-        return super().find_class(module, name)
+
+def _cifar_members(tar, source):
+    """The TarInfo of data_batch_1..5, looking at no more than CIFAR_MAX_ENTRIES entries."""
+    wanted = {f'cifar-10-batches-py/data_batch_{b}': b for b in range(1, 6)}
+    found = {}
+    for count, info in enumerate(tar):
+        if count >= CIFAR_MAX_ENTRIES:
+            raise DatasetToolError(f'{source}: more than {CIFAR_MAX_ENTRIES} entries; not a CIFAR-10 python archive')
+        if info.name in wanted:
+            if not info.isfile():
+                raise DatasetToolError(f'{source}: {info.name} is not a regular file')
+            found[wanted[info.name]] = info
+    for b, name in enumerate(wanted, start=1):
+        if b not in found:
+            raise DatasetToolError(f'{source}: {name} is missing; not a CIFAR-10 python archive')
+    return [found[b] for b in range(1, 6)]
 
 
 def open_cifar10(source, max_images=None):
     """The CIFAR-10 python tarball: data_batch_1..5 (the test batch is not used), 32x32 RGB, labels 0..9."""
     images, labels = [], []
+    stored, total = os.path.getsize(source), 0
     try:
         with tarfile.open(source, 'r:gz') as tar:
-            for batch in range(1, 6):
-                member = f'cifar-10-batches-py/data_batch_{batch}'
-                try:
-                    file = tar.extractfile(tar.getmember(member))
-                except KeyError:
-                    raise DatasetToolError(f'{source}: {member} is missing; not a CIFAR-10 python archive') from None
-                with file:
-                    data = _ArrayOnlyUnpickler(file, encoding='latin1').load()
+            for info in _cifar_members(tar, source):
+                member = info.name
+                total += info.size  # The sizes the archive declares, checked before anything is inflated.
+                limits.check_expansion(f'{source}:{member}', 'the uncompressed batches', stored, total)
+                with tar.extractfile(info) as file:
+                    data = file.read(info.size)
+                ArrayUnpickler.check_size(data, CIFAR_MAX_PICKLE_OPS)
+                data = ArrayUnpickler(io.BytesIO(data), encoding='latin1').load()
                 if not isinstance(data, dict) or 'data' not in data or 'labels' not in data:
                     raise DatasetToolError(f'{source}: {member} has no "data"/"labels"; not a CIFAR-10 python batch')
-                batch_images = np.asarray(data['data'])
+                batch_images = np.asarray(ArrayUnpickler.resolve(data['data']))
                 if batch_images.dtype != np.uint8 or batch_images.ndim != 2 or batch_images.shape[1] != 3 * 32 * 32:
                     raise DatasetToolError(f'{source}: {member} holds {batch_images.dtype} data of shape '
                                            f'{list(batch_images.shape)}; CIFAR-10 images are uint8 rows of 3072 values')
                 images.append(batch_images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # NCHW -> NHWC
-                labels.append(np.asarray(data['labels']).reshape(-1))
+                labels.append(np.asarray(ArrayUnpickler.resolve(data['labels'])).reshape(-1))
     except DatasetToolError:
         raise
+    except InputError as e:
+        raise DatasetToolError(str(e)) from None
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot read CIFAR-10 archive {source}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot read CIFAR-10 archive {source}: {printable(one_line(e))}') from None
     images = np.concatenate(images)
     labels = np.concatenate(labels)
     if labels.shape != (images.shape[0],) or labels.dtype.kind not in 'iu':
@@ -252,7 +271,7 @@ def open_cifar10(source, max_images=None):
 
 def _read_idx(path, magic, dims):
     with gzip.open(path, 'rb') as f:
-        data = f.read()
+        data = limits.read_limited(f, path, 'the uncompressed file', os.path.getsize(path))
     header = 4 * (1 + dims)
     if len(data) < header:
         raise DatasetToolError(f'{path}: file too short for an MNIST IDX header')
@@ -277,7 +296,7 @@ def open_mnist(source, max_images=None):
     except DatasetToolError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot read MNIST files {source}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot read MNIST files {source}: {one_line(e)}') from None
     if images.shape[1:] != (28, 28):
         raise DatasetToolError(f'{source}: MNIST images are 28x28, found {images.shape[2]}x{images.shape[1]}')
     if labels.shape != (images.shape[0],):
@@ -304,7 +323,7 @@ def open_lmdb(source, max_images=None):
         with lmdb.open(source, readonly=True, lock=False) as env:
             entries = env.stat()['entries']
     except Exception as e:  # pylint: disable=broad-except
-        raise DatasetToolError(f'cannot open LMDB database {source}: {_one_line(e)}') from None
+        raise DatasetToolError(f'cannot open LMDB database {source}: {one_line(e)}') from None
     count = entries if max_images is None else min(entries, max_images)
 
     def iterate():
@@ -313,7 +332,7 @@ def open_lmdb(source, max_images=None):
             for key, value in txn.cursor():
                 if produced >= count:
                     break
-                where = f'{source}:{key.decode("utf-8", "replace")}'
+                where = printable(f'{source}:{key.decode("utf-8", "replace")}')
                 produced += 1
                 img = cv2.imdecode(np.frombuffer(value, dtype=np.uint8), cv2.IMREAD_COLOR)
                 if img is not None:
@@ -389,13 +408,6 @@ def transform_image(img, transform=None, resolution=None):
     raise DatasetToolError(f'unknown transform {transform!r} (choose center-crop or center-crop-wide)')
 
 
-def encode_png(img):
-    """Uncompressed PNG bytes (compress_level=0), mode L for 2-D arrays and RGB for 3 channels."""
-    image = PIL.Image.fromarray(img, 'L' if img.ndim == 2 else 'RGB')
-    buf = io.BytesIO()
-    image.save(buf, format='png', compress_level=0, optimize=False)
-    return buf.getvalue()
-
 # ----------------------------------------------------------------------------
 # Destinations, written under a temporary name and renamed at the end.
 
@@ -426,7 +438,7 @@ class _Destination:
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as e:
-            raise DatasetToolError(f'cannot create folder {parent}: {e.strerror or _one_line(e)}') from None
+            raise DatasetToolError(f'cannot create folder {parent}: {e.strerror or one_line(e)}') from None
         self.tmp = os.path.join(parent, f'.{os.path.basename(os.path.normpath(dest))}.tmp-{uuid.uuid4().hex[:12]}')
         try:
             if self.is_zip:
@@ -435,7 +447,8 @@ class _Destination:
                 os.mkdir(self.tmp)
         except OSError as e:
             self._remove_created_dirs()
-            raise DatasetToolError(f'cannot write to {parent}: {e.strerror or _one_line(e)}') from None
+            raise DatasetToolError(f'--dest {dest}: cannot create files in {parent} '
+                                   f'({e.strerror or one_line(e)})') from None
 
     def add(self, name, data):
         if self.is_zip:
@@ -478,14 +491,16 @@ class _Destination:
 # The conversion.
 
 
-def _check_attributes(img, where, first):
+def _check_attributes(img, where, first, transformed=''):
+    """Check an image against the dataset's rules and the first image; `transformed` says what was done to it
+    (e.g. ' after resizing'). Returns the attributes of the first image."""
     height, width = img.shape[:2]
     channels = img.shape[2] if img.ndim == 3 else 1
     attrs = dict(width=width, height=height, channels=channels)
     if first is None:
         if width != height:
-            raise DatasetToolError(f'{where}: image is {width}x{height} after cropping and resizing, but images '
-                                   'must be square; use --resolution=WxH and/or --transform=center-crop')
+            raise DatasetToolError(f'{where}: image is {width}x{height}{transformed}, but images must be square; use '
+                                   '--resolution=WxH and/or --transform=center-crop')
         if channels not in (1, 3):
             raise DatasetToolError(f'{where}: images must be grayscale or RGB, found {channels} channels')
         if width & (width - 1) != 0:
@@ -522,6 +537,9 @@ def convert_dataset(source, dest, max_images=None, transform=None, resolution=No
         raise DatasetToolError(f'--transform={transform} needs --resolution=WxH')
 
     count, images = open_source(source, max_images)
+    if count == 0:
+        raise DatasetToolError(f'--source {printable(source)}: no images found; nothing was written')
+    transformed = ' after cropping and resizing' if transform else ' after resizing' if resolution else ''
     out = _Destination(dest)
     written = skipped = 0
     try:
@@ -532,13 +550,17 @@ def convert_dataset(source, dest, max_images=None, transform=None, resolution=No
             if img is None:
                 skipped += 1
                 continue  # The index keeps counting, so names can have gaps (as in EDM).
-            first = _check_attributes(img, where, first)
+            first = _check_attributes(img, where, first, transformed)
             name = archive_name(index)
             out.add(name, encode_png(img))
             labels.append(None if label is None else [name, label])
             written += 1
         if hasattr(images, 'close'):
             images.close()
+        if written == 0:
+            reason = f'all {skipped} images are too small for --transform={transform} at --resolution=' \
+                f'{resolution[0]}x{resolution[1]}' if skipped else 'no image could be decoded'
+            raise DatasetToolError(f'--source {printable(source)}: {reason}; nothing was written')
         metadata = {'labels': labels if all(entry is not None for entry in labels) else None}
         out.add('dataset.json', json.dumps(metadata).encode('utf-8'))
         out.commit()
@@ -547,7 +569,7 @@ def convert_dataset(source, dest, max_images=None, transform=None, resolution=No
             images.close()
         out.abort()
         if isinstance(e, OSError):
-            raise DatasetToolError(f'cannot write {dest}: {_one_line(e)}') from None
+            raise DatasetToolError(f'cannot write {dest}: {one_line(e)}') from None
         raise
     return dict(written=written, skipped=skipped)
 
@@ -564,7 +586,7 @@ def _resolution_callback(ctx, param, value):
         raise click.BadParameter(str(e), ctx=ctx, param=param)
 
 
-@click.command(context_settings=dict(terminal_width=80, max_content_width=80))
+@click.command(cls=Command, context_settings=dict(terminal_width=80, max_content_width=80))
 @click.option('--source', help='Image folder or .zip, CIFAR-10/MNIST archive, LSUN *_lmdb folder', metavar='PATH',
               type=str, required=True)
 @click.option('--dest', help='Output .zip file, or folder (must be empty or new)', metavar='PATH', type=str,
@@ -598,8 +620,10 @@ def main(source, dest, max_images, transform, resolution):
     center-crop-wide   crop to the output aspect ratio, resize, pad to a
                        square with black (skips images that are too small)
 
-    LSUN LMDB sources need the optional packages lmdb and opencv-python.
+    LSUN LMDB sources need the optional packages lmdb and opencv-python. The tool
+    runs as one process (not under torchrun).
     """
+    refuse_torchrun('dataset_tool.py')
     if transform is not None and resolution is None:
         raise click.BadParameter(f'--transform={transform} needs --resolution=WxH', param_hint='--resolution')
     result = convert_dataset(source, dest, max_images=max_images, transform=transform, resolution=resolution)

@@ -3,8 +3,9 @@
 Statistics follow EDM: features of every image (a seeded random subset of `num` images for `calc`) are summed in
 float64 as sum(f) and sum(f^T f) on each rank, all-reduced, and turned into the mean and the unbiased
 covariance. The reference ``.npz`` holds ``mu`` [D] and ``sigma`` [D, D] (float64), the format of EDM's published
-``fid-refs``. The distance is ||mu - mu_r||^2 + tr(S + S_r - 2 sqrtm(S S_r)) in float64 (scipy.linalg.sqrtm),
-keeping the real part of the result.
+``fid-refs``; only these two members are read, after their headers are checked (`load_reference_stats`). The
+distance is ||mu - mu_r||^2 + tr(S + S_r - 2 sqrtm(S S_r)) in float64 (scipy.linalg.sqrtm), keeping the real part
+of the result.
 
 The feature detector
 --------------------
@@ -21,8 +22,10 @@ Importable API: :func:`calculate_inception_stats`, :func:`calculate_fid_from_inc
 """
 
 import io
+import os
 import pickle
 import warnings
+import zipfile
 
 import click
 import numpy as np
@@ -31,6 +34,10 @@ import torch
 from tqdm import tqdm
 
 import dnnlib
+from dnnlib import limits
+from dnnlib.cli import Group, bool_option, check_output_path, error_message, one_line
+from dnnlib.util import InputError, printable
+from samplers import selection, sweeps
 from torch_utils import distributed as dist
 from training.dataset import ImageFolderDataset, ImageShapeError
 
@@ -49,14 +56,11 @@ class FIDError(click.ClickException):
     def __init__(self, message, collective=False):
         super().__init__(message)
         self.collective = collective
+        self.rank = dist.get_rank()  # Known when raised: the process group is left before the error is shown.
 
     def show(self, file=None):
-        if not (self.collective and dist.get_rank() != 0):
+        if not (self.collective and self.rank != 0):
             super().show(file)
-
-
-def _one_line(text):
-    return ' '.join(str(text).split())
 
 
 def _rank0_first(fn):
@@ -96,7 +100,8 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
     except Exception as e:  # pylint: disable=broad-except
         hint = ('download it elsewhere and pass the local file with --detector=PATH' if trusted else
                 'pass a local TorchScript file with --detector=PATH')
-        raise FIDError(f'cannot load the feature detector {source}: {_one_line(e)}; {hint}') from None
+        reason = one_line(e).split('; ')[0]  # A download error brings its own hint: give only this one.
+        raise FIDError(f'cannot load the feature detector {source}: {reason}; {hint}') from None
 
     is_zip = data[:4] == b'PK\x03\x04'
     try:
@@ -116,7 +121,7 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
     except FIDError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise FIDError(f'cannot load the feature detector {source}: {_one_line(e)}') from None
+        raise FIDError(f'cannot load the feature detector {source}: {one_line(e)}') from None
     if not callable(detector):
         raise FIDError(f'--detector {source}: the file does not hold a callable module')
     if hasattr(detector, 'to'):
@@ -126,15 +131,6 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
 
 # ----------------------------------------------------------------------------
 # Statistics.
-
-
-def _worker_error_message(e):
-    """The one-line message of an exception, also when a DataLoader worker re-raised it with its traceback."""
-    text = str(e)
-    if 'Original Traceback' in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(': ', 1)[1] if ': ' in last else last
-    return _one_line(text)
 
 
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, num_workers=3,
@@ -154,8 +150,8 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
 
     try:
         dataset = ImageFolderDataset(path=image_path, max_size=num_expected, random_seed=seed)
-    except IOError as e:
-        raise FIDError(f'cannot read images: {_one_line(e)}', collective=True) from None
+    except (InputError, IOError) as e:
+        raise FIDError(f'cannot read images: {one_line(e)}', collective=True) from None
     if num_expected is not None and len(dataset) < num_expected:
         raise FIDError(f'found {len(dataset)} images in {image_path}, but expected at least {num_expected} '
                        '(lower --num to use fewer)', collective=True)
@@ -185,7 +181,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                     features = detector(images.to(device), return_features=True)
             except Exception as e:  # pylint: disable=broad-except
                 raise FIDError(f'the feature detector failed on uint8 images of shape {list(images.shape)}: '
-                               f'{_worker_error_message(e)}') from None
+                               f'{error_message(e)}') from None
             if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != images.shape[0]:
                 shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
                 raise FIDError(f'the feature detector returned {shape} for {images.shape[0]} images; expected '
@@ -200,8 +196,8 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                 sigma = torch.zeros([features.shape[1], features.shape[1]], dtype=torch.float64, device=device)
             mu += features.sum(0)
             sigma += features.T @ features
-    except (ImageShapeError, IOError) as e:
-        raise FIDError(_worker_error_message(e)) from None
+    except (ImageShapeError, InputError, IOError) as e:
+        raise FIDError(error_message(e)) from None
 
     # Ranks without images (fewer images than ranks) learn the feature dimension from rank 0, which always has some.
     dim = dist.broadcast_object(None if mu is None else mu.shape[0])
@@ -246,27 +242,57 @@ def calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref):
 # Reference files.
 
 
+def _read_npz_array(archive, key, where, archive_size):
+    """Array `key` of an open .npz (zip) after checking its header: no pickled objects, a size within the limits
+    of `dnnlib.limits`. Returns None if the archive has no such member."""
+    try:
+        info = archive.getinfo(key + '.npy')
+    except KeyError:
+        return None
+    limits.check_zip_member(f'{where}:{key}.npy', info, archive_size)
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f'{key}.npy has the unsupported format version {version}')
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.kind != 'f' or dtype.fields is not None or dtype.subdtype is not None:
+            raise InputError(f'reference statistics {printable(where)} are not floating point ({key} is {dtype})')
+        count = int(np.prod(shape, dtype=object))
+        if count * dtype.itemsize > info.file_size:
+            raise ValueError(f'{key}.npy announces {list(shape)} values but holds {info.file_size} bytes')
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise ValueError(f'{key}.npy is truncated')
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order='F' if fortran else 'C')
+
+
 def load_reference_stats(path_or_url):
-    """(mu [D], sigma [D, D]) float64 from an ``.npz`` path or URL; FIDError (one line) on any problem."""
+    """(mu [D], sigma [D, D]) float64 from an ``.npz`` path or URL. Only the members mu and sigma are read, after
+    their headers are checked; any problem raises InputError (one line)."""
+    where = printable(path_or_url)
     try:
         with dnnlib.util.open_url(path_or_url) as f:
-            data = np.load(f, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
+            size = f.seek(0, io.SEEK_END)
+            f.seek(0)
+            if f.read(4) != b'PK\x03\x04':
                 raise ValueError('not an .npz archive')
-            with data:
-                arrays = {key: data[key] for key in data.files}
+            with zipfile.ZipFile(f) as archive:
+                arrays = {key: _read_npz_array(archive, key, where, size) for key in ('mu', 'sigma')}
+                missing = [key for key, value in arrays.items() if value is None]
+                if missing:
+                    found = sorted(os.path.splitext(name)[0] for name in archive.namelist())
+                    raise InputError(f'reference statistics {where} lack {" and ".join(missing)} (found keys: '
+                                     f'{printable(", ".join(found)) or "none"}); expected an .npz with mu [D] and '
+                                     'sigma [D, D]')
+    except InputError:
+        raise
     except Exception as e:  # pylint: disable=broad-except
-        raise FIDError(f'cannot load reference statistics {path_or_url}: {_one_line(e)}') from None
-    missing = [key for key in ('mu', 'sigma') if key not in arrays]
-    if missing:
-        raise FIDError(f'reference statistics {path_or_url} lack {" and ".join(missing)} (found keys: '
-                       f'{", ".join(sorted(arrays)) or "none"}); expected an .npz with mu [D] and sigma [D, D]')
+        raise InputError(f'cannot load reference statistics {where}: {printable(one_line(e))}') from None
     mu, sigma = arrays['mu'], arrays['sigma']
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise FIDError(f'reference statistics {path_or_url} have mu of shape {list(mu.shape)} and sigma of shape '
-                       f'{list(sigma.shape)}; expected mu [D] and sigma [D, D]')
-    if mu.dtype.kind != 'f' or sigma.dtype.kind != 'f':
-        raise FIDError(f'reference statistics {path_or_url} are not floating point ({mu.dtype}, {sigma.dtype})')
+    if mu.ndim != 1 or mu.shape[0] == 0 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise InputError(f'reference statistics {where} have mu of shape {list(mu.shape)} and sigma of shape '
+                         f'{list(sigma.shape)}; expected mu [D] and sigma [D, D]')
     return mu.astype(np.float64), sigma.astype(np.float64)
 
 
@@ -274,6 +300,35 @@ def save_reference_stats(path, mu, sigma):
     """Write ``np.savez(mu=..., sigma=...)`` atomically (temporary name, then rename)."""
     with dnnlib.util.atomic_path(path) as tmp, open(tmp, 'wb') as f:
         np.savez(f, mu=mu, sigma=sigma)
+
+# ----------------------------------------------------------------------------
+# Run directories: the ckpt_* folders of a checkpoint sweep (generate.py without --network).
+
+
+def is_run_dir(path):
+    """True if `path` is a directory with ckpt_* image folders or with checkpoints of a training run."""
+    if not os.path.isdir(path):
+        return False
+    try:
+        return bool(sweeps.image_folders(path) or sweeps.checkpoints(path))
+    except ValueError:
+        return False
+
+
+def calc_run_dir(run_dir, mu_ref, sigma_ref, num_expected=50000, seed=0, **stats_kwargs):
+    """FID of every ckpt_* folder of `run_dir` (`samplers.sweeps.fid_rows`); a folder with too few images is
+    reported in its row. Every rank returns the rows."""
+    def score(folder):
+        try:
+            mu, sigma = calculate_inception_stats(image_path=folder, num_expected=num_expected, seed=seed,
+                                                  feature_dim=mu_ref.shape[0], **stats_kwargs)
+        except FIDError as e:
+            raise ValueError(e.message) from None
+        return calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
+    try:
+        return sweeps.fid_rows(run_dir, score)
+    except ValueError as e:
+        raise FIDError(str(e), collective=True) from None
 
 # ----------------------------------------------------------------------------
 # Command line.
@@ -285,7 +340,7 @@ def _device_callback(ctx, param, value):
     try:
         device = torch.device(value)
     except RuntimeError as e:
-        raise click.BadParameter(f'{value!r} is not a torch device ({_one_line(e)})', ctx=ctx, param=param)
+        raise click.BadParameter(f'{value!r} is not a torch device ({one_line(e)})', ctx=ctx, param=param)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('CUDA is not available on this machine; use --device=cpu', ctx=ctx, param=param)
     return value
@@ -300,7 +355,7 @@ def _common_options(fn):
                      type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--detector', help='TorchScript feature detector  [default: Inception-v3]',
                      metavar='PATH|URL', type=str, default=None),
-        click.option('--trust-pickle', help='Allow a plain pickle as --detector (runs code in it)', is_flag=True),
+        bool_option('--trust-pickle', 'trust_pickle', help='Allow a plain pickle as --detector (runs code in it)'),
         click.option('--device', help='Torch device  [default: cuda if available, else cpu]', metavar='DEVICE',
                      type=str, default=None, callback=_device_callback),
         click.option('--workers', help='Data loader worker processes', metavar='INT', type=click.IntRange(min=0),
@@ -311,7 +366,7 @@ def _common_options(fn):
     return fn
 
 
-@click.group(context_settings=_CONTEXT)
+@click.group(cls=Group, context_settings=_CONTEXT)
 def main():
     """Calculate Frechet Inception Distance (FID).
 
@@ -356,20 +411,50 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
 
     With more than --num images, a random subset of --num images (chosen by
     --seed) is used; with fewer, this is an error.
-    """
-    device = dist.init(device)
 
-    def load_ref():
-        dist.print0(f'Loading reference statistics from {ref_path}...')
-        return load_reference_stats(ref_path)
-    mu_ref, sigma_ref = _rank0_first(load_ref)
-    mu, sigma = calculate_inception_stats(image_path=image_path, num_expected=num_expected, seed=seed,
-                                          max_batch_size=batch, num_workers=workers, device=device,
-                                          detector=detector, trust_pickle=trust_pickle, feature_dim=mu_ref.shape[0])
-    dist.print0('Calculating FID...')
+    --images=RUN_DIR, a training run directory sampled by generate.py
+    without --network, scores every ckpt_* folder: a table is printed and
+    written to RUN_DIR/fid.json.
+    """
+    try:
+        device = dist.init(device)
+
+        def load_ref():
+            dist.print0(f'Loading reference statistics from {ref_path}...')
+            try:
+                return load_reference_stats(ref_path)
+            except InputError as e:
+                raise FIDError(str(e)) from None
+        mu_ref, sigma_ref = _rank0_first(load_ref)
+        if is_run_dir(image_path):
+            _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle,
+                          device, workers)
+            return
+        mu, sigma = calculate_inception_stats(image_path=image_path, num_expected=num_expected, seed=seed,
+                                              max_batch_size=batch, num_workers=workers, device=device,
+                                              detector=detector, trust_pickle=trust_pickle,
+                                              feature_dim=mu_ref.shape[0])
+        dist.print0('Calculating FID...')
+        if dist.get_rank() == 0:
+            fid = calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
+            print(f'{fid:g}')
+        dist.barrier()
+    finally:
+        dist.shutdown()  # On every exit path (errors too): a process that exits in the group can abort.
+
+
+def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle, device,
+                  workers):
+    if detector is None or isinstance(detector, str):
+        source = detector
+        detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle))
+    rows = calc_run_dir(run_dir, mu_ref, sigma_ref, num_expected=num_expected, seed=seed, max_batch_size=batch,
+                        num_workers=workers, device=device, detector=detector)
     if dist.get_rank() == 0:
-        fid = calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
-        print(f'{fid:g}')
+        print(sweeps.format_fid_table(rows))
+        path = os.path.join(run_dir, 'fid.json')
+        selection.write_json(path, dict(ref=ref_path, num=num_expected, seed=seed, rows=rows))
+        print(f'Saved the table to {path}')
     dist.barrier()
 
 
@@ -379,17 +464,21 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
 @_common_options
 def ref(dataset_path, dest_path, batch, detector, trust_pickle, device, workers):
     """Calculate reference statistics (mu, sigma) of a dataset for 'calc'."""
-    device = dist.init(device)
-    mu, sigma = calculate_inception_stats(image_path=dataset_path, max_batch_size=batch, num_workers=workers,
-                                          device=device, detector=detector, trust_pickle=trust_pickle)
-    if dist.get_rank() == 0:
-        dist.print0(f'Saving reference statistics to {dest_path}...')
-        try:
-            save_reference_stats(dest_path, mu, sigma)
-        except OSError as e:
-            raise FIDError(f'cannot write {dest_path}: {_one_line(e)}') from None
-    dist.barrier()
-    dist.print0('Done.')
+    check_output_path(dest_path, '--dest', folder=False)  # Before the work, not after it.
+    try:
+        device = dist.init(device)
+        mu, sigma = calculate_inception_stats(image_path=dataset_path, max_batch_size=batch, num_workers=workers,
+                                              device=device, detector=detector, trust_pickle=trust_pickle)
+        if dist.get_rank() == 0:
+            dist.print0(f'Saving reference statistics to {dest_path}...')
+            try:
+                save_reference_stats(dest_path, mu, sigma)
+            except OSError as e:
+                raise FIDError(f'cannot write {dest_path}: {one_line(e)}') from None
+        dist.barrier()
+        dist.print0('Done.')
+    finally:
+        dist.shutdown()  # On every exit path (errors too): a process that exits in the group can abort.
 
 
 if __name__ == '__main__':

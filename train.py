@@ -9,22 +9,23 @@ import secrets
 import click
 
 import dnnlib
-from dnnlib.cli import IntListType, bool_option, unsupported_option
+from dnnlib.cli import (CollectiveError, Command, IntListType, bool_option, check_output_path,
+                        unsupported_option)
 from torch_utils import distributed as dist
 from training import config, training_loop
 
 # ----------------------------------------------------------------------------
 
 
-@click.command(context_settings=dict(terminal_width=80, max_content_width=80))
+@click.command(cls=Command, context_settings=dict(terminal_width=80, max_content_width=80))
 # Main options.
 @click.option('--outdir', help='Where to save the results', metavar='DIR', type=str)
 @click.option('--data', help='Path to the dataset', metavar='ZIP|DIR', type=str)
 @bool_option('--cond', help='Train class-conditional model')
 @click.option('--arch', help='Network architecture', type=click.Choice(list(config.ARCHS)), default='ddpmpp',
               show_default=True)
-@click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm', type=str, default='edm',
-              show_default=True)
+@click.option('--precond', help='Preconditioning & loss function', metavar='vp|ve|edm|fdm_edm|fdm_vp|fdm_ve|cld',
+              type=str, default='edm', show_default=True)
 # Hyperparameters.
 @click.option('--duration', help='Training duration', metavar='MIMG', type=click.FloatRange(min=0, min_open=True),
               default=200, show_default=True)
@@ -32,7 +33,8 @@ from training import config, training_loop
               show_default=True)
 @click.option('--batch-gpu', help='Limit batch size per GPU', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase', help='Channel multiplier  [default: varies]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--cres', help='Channels per resolution  [default: varies]', metavar='LIST', type=IntListType())
+@click.option('--cres', help='Channels per resolution  [default: varies]', metavar='LIST',
+              type=IntListType(ranges=False, min_value=1))
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True),
               default=10e-4, show_default=True)
 @click.option('--lr-rampup', '--lr_rampup', 'lr_rampup', help='Learning rate ramp-up (0 = none)', metavar='MIMG',
@@ -59,7 +61,7 @@ from training import config, training_loop
 # I/O-related.
 @click.option('--desc', help='String to include in result dir name', metavar='STR', type=str)
 @click.option('--name', help='Run directory name (instead of the numbered one)', metavar='STR', type=str)
-@click.option('--nosubdir', help='Do not create a subdirectory for results', is_flag=True)
+@bool_option('--nosubdir', help='Do not create a subdirectory for results')
 @click.option('--tick', help='How often to print progress', metavar='KIMG', type=click.FloatRange(min=0, min_open=True),
               default=50, show_default=True)
 @click.option('--snap', help='How often to save snapshots', metavar='TICKS', type=click.IntRange(min=1), default=50,
@@ -70,13 +72,19 @@ from training import config, training_loop
 @click.option('--transfer', '--pretrain', 'transfer', help='Transfer learning from network pickle', metavar='PKL|URL',
               type=str)
 @click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
-@click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
-# Options of the united research projects that are not implemented yet.
-@unsupported_option('--warmup_ite', 'the FDM loss-weight warm-up is not implemented yet')
-@unsupported_option('--fdm_multipler', 'FDM is not implemented yet')
-@unsupported_option('--fdm_multiplier', 'FDM is not implemented yet')
-@unsupported_option('--pfgmpp', 'PFGM++ training is not implemented yet')
-@unsupported_option('--aug_dim', 'PFGM++ training is not implemented yet')
+@bool_option('-n', '--dry-run', 'dry_run', help='Print training options and exit')
+# FDM (Wu et al. 2023) and PFGM++ (Xu et al. 2023); see docs/fdm_pfgmpp.md.
+@click.option('--warmup_ite', help='FDM: loss-weight warm-up length (0 = none)', metavar='STEPS',
+              type=click.FloatRange(min=0))
+@click.option('--fdm_multiplier', '--fdm_multipler', 'fdm_multiplier', help='FDM: momentum multiplier m  [default: 2]',
+              metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
+@bool_option('--pfgmpp', help='PFGM++: perturbation kernel in N + D dimensions (--precond=edm|ve)')
+@click.option('--aug_dim', help='PFGM++: augmented dimension D  [default: 128]', metavar='INT',
+              type=click.IntRange(min=2))
+@bool_option('--stf', help='PFGM++: stable target field (--precond=edm)')
+@click.option('--rbatch', help='PFGM++: reference images per process for --stf  [default: 4096]', metavar='INT',
+              type=click.IntRange(min=1))
+# Options of published research command lines that are not implemented.
 @unsupported_option('--dm_length', 'a research option whose meaning was never published (use --precond=vp|ve|edm '
                     'without it)')
 def main(**opts):
@@ -99,13 +107,25 @@ def main(**opts):
     opts = dnnlib.EasyDict(opts)
     for key in ('outdir', 'data'):
         if opts[key] is None:
-            raise click.ClickException(f'--{key} is required')
+            raise click.UsageError(f'--{key} is required')
+    check_output_path(opts.outdir, '--outdir')
+    try:
+        _train(opts)
+    finally:
+        dist.shutdown()  # On every exit path (dry run, errors): a process that exits in the group can abort.
+
+
+def _train(opts):
+    """Join the process group, check the options, print them and run the training loop (or stop at --dry-run)."""
     try:
         device = dist.init(opts.device)
     except RuntimeError as e:
         raise click.ClickException(str(e))
     if opts.fp16 and device.type != 'cuda':
         dist.print0('Note: --fp16 only takes effect on CUDA; this run computes in float32.')
+    for key, needs in (('aug_dim', 'pfgmpp'), ('rbatch', 'stf')):
+        if opts[key] is not None and not opts[needs]:
+            dist.print0(f'Note: --{key} is used only with --{needs}=1; ignored.')
 
     # Options -> training_loop arguments; every mistake is one line.
     try:
@@ -124,39 +144,43 @@ def main(**opts):
                                opts.fp16, opts.desc)
         run_dir = config.choose_run_dir(opts.outdir, desc, name=opts.name, nosubdir=opts.nosubdir, resume=opts.resume)
     except config.ConfigError as e:
-        raise click.ClickException(str(e))
+        raise CollectiveError(str(e))
     run_dir = dist.broadcast_object(run_dir)
     c.run_dir = run_dir
     c.device = str(device)
 
-    # Print options.
-    dist.print0()
-    dist.print0('Training options:')
-    dist.print0(json.dumps(c, indent=2))
-    dist.print0()
-    dist.print0(f'Output directory:        {run_dir}')
-    dist.print0(f'Dataset path:            {c.dataset_kwargs.path}')
-    dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
-    dist.print0(f'Network architecture:    {opts.arch}')
-    dist.print0(f'Preconditioning & loss:  {opts.precond}')
-    dist.print0(f'Number of processes:     {dist.get_world_size()} ({device.type})')
-    dist.print0(f'Batch size:              {c.batch_size}')
-    dist.print0(f'Mixed-precision:         {c.network_kwargs.use_fp16 and device.type == "cuda"}')
-    dist.print0()
+    # Print options (and keep them for log.txt, which is opened once the run directory exists).
+    summary = '\n'.join([
+        '', 'Training options:', json.dumps(c, indent=2), '',
+        f'Output directory:        {run_dir}',
+        f'Dataset path:            {c.dataset_kwargs.path}',
+        f'Class-conditional:       {c.dataset_kwargs.use_labels}',
+        f'Network architecture:    {opts.arch}',
+        f'Preconditioning & loss:  {opts.precond}',
+        f'Number of processes:     {dist.get_world_size()} ({device.type})',
+        f'Batch size:              {c.batch_size}',
+        f'Mixed-precision:         {c.network_kwargs.use_fp16 and device.type == "cuda"}', '']) + '\n'
+    dist.print0(summary, end='')
     if opts.dry_run:
         dist.print0('Dry run; exiting.')
         return
 
     # Create the output directory and train.
     dist.print0('Creating output directory...')
+    failed = None
     if dist.get_rank() == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        training_loop.save_atomic(lambda path: _write_json(c, path), os.path.join(run_dir, 'training_options.json'))
-    dist.barrier()
-    log = training_loop.log_to_file(os.path.join(run_dir, 'log.txt')) if dist.get_rank() == 0 else None
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            training_loop.save_atomic(lambda path: _write_json(c, path), os.path.join(run_dir, 'training_options.json'))
+        except OSError as e:
+            failed = f'cannot create the run directory {run_dir} ({e.strerror or e})'
+    failed = dist.broadcast_object(failed)
+    if failed is not None:
+        raise CollectiveError(failed)
+    log = training_loop.log_to_file(os.path.join(run_dir, 'log.txt'), preamble=summary + 'Creating output '
+                                    'directory...\n') if dist.get_rank() == 0 else None
     with log or contextlib.nullcontext():
         training_loop.training_loop(**c, transfer_net=transfer_net, resume_state=resume_state)
-    dist.shutdown()
 
 
 def _write_json(obj, path):

@@ -23,8 +23,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import dataset_tool  # noqa: E402 pylint: disable=wrong-import-position
 from dnnlib.util import atomic_path  # noqa: E402 pylint: disable=wrong-import-position
+from training.dataset import archive_name, encode_png  # noqa: E402 pylint: disable=wrong-import-position
 
 
 class StandInDetector(torch.nn.Module):
@@ -49,7 +49,7 @@ def make_zip(path, num, res, seed=0):
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as z:
         for i in range(num):
             img = rng.integers(0, 256, size=(res, res, 3), dtype=np.uint8)
-            z.writestr(dataset_tool.archive_name(i), dataset_tool.encode_png(img))
+            z.writestr(archive_name(i), encode_png(img))
         z.writestr('dataset.json', '{"labels": null}')
 
 

@@ -138,7 +138,7 @@ def run_orders(log):
 
 
 def run_fixture(log):
-    path = os.path.join(ROOT, '..', 'shared', 'fixtures', 'samplers', 'gits_reference_cases.pt')
+    path = os.path.join(ROOT, 'tests', 'fixtures', 'samplers', 'gits_reference_cases.pt')
     if not os.path.isfile(path):
         return None
     d = torch.load(path, weights_only=True)

@@ -116,6 +116,19 @@ def is_url(obj, allow_file_urls=False):
     return scheme in ('http', 'https') or (allow_file_urls and scheme == 'file')
 
 
+class InputError(ValueError):
+    """A file or value handed to the toolkit cannot be used. The message is one line that names the file (or
+    option) and the problem, with untrusted text escaped by `printable`; scripts print it as their error line."""
+
+
+def printable(text, limit=200):
+    """Untrusted text (a name read from a file, a path) safe to print on one terminal line: control characters,
+    escape sequences and non-printable code points are shown escaped (repr style), and long text is cut."""
+    text = str(text)
+    out = ''.join(c if c.isprintable() else c.encode('unicode_escape').decode('ascii') for c in text)
+    return out if len(out) <= limit else out[:limit] + '...'
+
+
 class DownloadError(IOError):
     """A URL could not be fetched (offline, not found, ...). The message is one line."""
 

@@ -1,4 +1,5 @@
-"""How noise becomes data: time schedules, the solver registry, GITS schedule search and exact test problems.
+"""How noise becomes data: time schedules, the solver registry, GITS schedule search, CLD's gDDIM sampler and exact
+test problems.
 
 Public API (stable):
 
@@ -19,10 +20,13 @@ Public API (stable):
     samplers.solver_defaults(solver)      # accepted options and their defaults
     samplers.StepRecord                   # what callbacks receive
     samplers.gaussian_prior               # the default prior hook (see samplers.priors)
+    samplers.pfgmpp.student_t_prior(D)    # PFGM++'s prior hook (docs/fdm_pfgmpp.md)
+    samplers.sweeps                       # checkpoint and robustness sweeps of a run directory
 
-`num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning) for 'ode' solvers, and noise
-levels before the final zero (EDM's meaning) for 'edm' solvers. See docs/samplers.md for accuracy numbers and
-the differences from the GITS toolbox.
+`num_steps` counts timestamps without a trailing zero (the GITS toolbox's meaning) for 'ode' solvers, noise
+levels before the final zero (EDM's meaning) for 'edm' solvers, and timestamps of gDDIM's time grid for the 'cld'
+solvers `gddim` and `cld_em`, which sample CLD nets (`samplers.cld`; NFE = num_steps, default 50). See
+docs/samplers.md for accuracy numbers and the differences from the GITS toolbox, docs/cld_gddim.md for CLD.
 """
 
 from .registry import (SOLVERS, SolverSpec, check_solver_options, get_solver, option_names, register_solver,
@@ -31,7 +35,7 @@ from .schedules import SCHEDULE_TYPES, edm_schedule, get_schedule
 from .stepping import Step, StepRecord
 from .priors import gaussian_prior
 from .sampling import sample
-from . import edm, solvers  # registration order: 'edm', then the 'ode' solvers
+from . import edm, solvers, singlestep, gddim  # noqa: F401  (registers 'edm', the 'ode' solvers, then the 'cld' ones)
 from .gits import gits_schedule, gits_cost_matrix, gits_dp, teacher_trajectory
 from .learn import learn_schedule
 

@@ -9,6 +9,8 @@ returning it in the dtype of `x`.
 - `GaussianMixture`: y ~ sum_k w_k N(mu_k, s2_k I).
 - `IdealDenoiser`: the empirical distribution of a finite set of images (a mixture with s2 = 0), i.e. the
   "ideal denoiser" of Karras et al. 2022.
+- `GaussianCLD`, `GaussianMixtureCLD` (from `samplers.cld`): the exact noise models of Gaussian and Gaussian-mixture
+  data under a CLD process, usable as CLD nets (`samplers.sample(oracle, latents, solver='gddim')`).
 
 `solve_pf_ode(net, x, sigma_from, sigma_to)` integrates dx/dsigma = (x - D(x; sigma)) / sigma (Karras et al.
 2022, eq. 1 and 3 with sigma(t) = t, s(t) = 1) with scipy's DOP853 in float64 and tight tolerances.
@@ -18,6 +20,10 @@ import math
 
 import numpy as np
 import torch
+
+from .cld import GaussianCLD, GaussianMixtureCLD
+from .sampling import sample
+from .schedules import get_schedule
 
 # ----------------------------------------------------------------------------
 
@@ -52,7 +58,7 @@ class AnalyticDenoiser:
 
     def __call__(self, x, sigma, class_labels=None, **model_kwargs):
         batch = x.shape[0]
-        x64 = x.detach().to(torch.float64).reshape(batch, self.dim)
+        x64 = x.to(torch.float64).reshape(batch, self.dim)
         s = self._flat_sigma(sigma, batch, x.device)
         return self.denoise_flat(x64, s).reshape(x.shape).to(x.dtype)
 
@@ -111,7 +117,8 @@ class GaussianMixture(AnalyticDenoiser):
         """Posterior component probabilities p(k | x) for float64 x [B, D], sigma [B, 1]."""
         mu, s2, w = self.mu.to(x.device), self.s2.to(x.device), self.w.to(x.device)
         var = s2[None, :] + sigma ** 2  # [B, K]: x | k ~ N(mu_k, (s2_k + sigma^2) I)
-        dist2 = torch.cdist(x[None], mu[None], compute_mode='donot_use_mm_for_euclid_dist')[0] ** 2
+        # Squared distances from differences (exact; torch.cdist has no forward-mode derivative for torch.func.jvp).
+        dist2 = (x[:, None, :] - mu[None, :, :]).square().sum(2)  # [B, K]
         logp = torch.log(w)[None, :] - 0.5 * self.dim * torch.log(2 * math.pi * var) - 0.5 * dist2 / var
         return torch.softmax(logp, dim=1), var
 
@@ -203,11 +210,10 @@ def empirical_order(net, latents, solver, steps, sigma_min=0.002, sigma_max=80.0
     For each step count n the solver runs in float64 on get_schedule(n + 1, ...) and the error is the largest
     per-sample relative L2 distance to `net.exact_solution` at the last noise level.
     """
-    import samplers
     errs = []
     for n in steps:
-        t = samplers.get_schedule(n + 1, sigma_min, sigma_max, schedule_type, schedule_rho, dtype=torch.float64)
-        x = samplers.sample(net, latents.to(torch.float64), solver=solver, t_steps=t, **options)
+        t = get_schedule(n + 1, sigma_min, sigma_max, schedule_type, schedule_rho, dtype=torch.float64)
+        x = sample(net, latents.to(torch.float64), solver=solver, t_steps=t, **options)
         exact = net.exact_solution(latents.to(torch.float64) * t[0], t[0], t[-1])
         b = len(latents)
         errs.append(float(((x - exact).reshape(b, -1).norm(dim=1) / exact.reshape(b, -1).norm(dim=1)).max()))
@@ -234,8 +240,9 @@ ORDER_STUDY = [
     ('unipc', dict(max_order=3, variant='bh2'), [16, 32, 64, 128], 1.7, None),
     ('unipc', dict(max_order=3, variant='bh1'), [16, 32, 64, 128], 1.7, None),
     ('unipc', dict(max_order=3, predict_x0=False), [256, 512, 1024, 2048], 1.7, None),
+    ('dpmpp_singlestep', dict(max_order=3, denoise=False), [32, 64, 128, 256], 1.7, None),
 ]
 
 
-__all__ = ['AnalyticDenoiser', 'Gaussian', 'GaussianMixture', 'IdealDenoiser', 'solve_pf_ode',
-           'order_study_problem', 'empirical_order', 'ORDER_STUDY']
+__all__ = ['AnalyticDenoiser', 'Gaussian', 'GaussianMixture', 'IdealDenoiser', 'GaussianCLD', 'GaussianMixtureCLD',
+           'solve_pf_ode', 'order_study_problem', 'empirical_order', 'ORDER_STUDY']

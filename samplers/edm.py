@@ -10,7 +10,7 @@ import torch
 from .priors import resolve_prior
 from .registry import SolverSpec, register_solver
 from .sampling import sample
-from .schedules import edm_schedule
+from .schedules import edm_schedule  # noqa: F401  (re-exported: samplers.edm.edm_schedule)
 from .stepping import StepRecord
 
 # ----------------------------------------------------------------------------

@@ -8,7 +8,9 @@ import math
 import os
 
 import numpy as np
+import PIL.Image
 import torch
+import tqdm
 
 from dnnlib.util import atomic_path
 from torch_utils import distributed as dist
@@ -25,7 +27,6 @@ def to_uint8(images):
 
 def save_png(image, path):
     """Write one HWC uint8 image as PNG atomically (grayscale for one channel)."""
-    import PIL.Image
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
@@ -73,15 +74,17 @@ def draw_inputs(net, seeds, device, class_idx=None):
 
 
 def generate_images(net, seeds, outdir, sampler_fn, *, max_batch_size=64, class_idx=None, subdirs=False,
-                    device=torch.device('cpu'), progress=True):
+                    device=torch.device('cpu'), progress=True, grid=None, max_grid=1024):
     """Sample one PNG per seed into `outdir`; under torchrun the seeds are split across ranks.
 
     `sampler_fn(net, latents, class_labels, generator)` returns images in [-1, 1]; `generator` is the batch's
-    per-seed generator (its `randn_like` is the sampler's noise source, and a prior may draw from it). Returns the paths written by
+    per-seed generator (its `randn_like` is the sampler's noise source, and a prior may draw from it).
+    `grid`: a path where rank 0 also saves the images of the first `max_grid` seeds as one grid PNG; they are
+    gathered from every rank in memory, so the ranks need no shared file system. Returns the paths written by
     this rank.
     """
-    import tqdm
     written = []
+    kept = {}  # Index in `seeds` -> image, for the grid.
     batches = dist.rank_batches(len(seeds), max_batch_size)
     iterator = tqdm.tqdm(batches, unit='batch', disable=not (progress and dist.get_rank() == 0))
     for batch_indices in iterator:
@@ -92,28 +95,30 @@ def generate_images(net, seeds, outdir, sampler_fn, *, max_batch_size=64, class_
         latents, class_labels, rnd = draw_inputs(net, batch_seeds, device, class_idx)
         with torch.no_grad():
             images = sampler_fn(net, latents, class_labels, rnd)
-        for seed, image in zip(batch_seeds, to_uint8(images)):
+        for index, seed, image in zip(batch_indices.tolist(), batch_seeds, to_uint8(images)):
             path = image_path(outdir, seed, subdirs)
             save_png(image, path)
             written.append(path)
+            if grid is not None and index < max_grid:
+                kept[index] = image
     dist.barrier()
+    if grid is not None:
+        kept = _gather_to_rank0(kept)
+        if dist.get_rank() == 0:
+            save_png(make_grid(np.stack([kept[i] for i in sorted(kept)])), grid)
     return written
+
+
+def _gather_to_rank0(items):
+    """Merge every rank's dict on rank 0 (other ranks get {})."""
+    if not torch.distributed.is_initialized() or dist.get_world_size() == 1:
+        return items
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    torch.distributed.gather_object(items, parts, dst=0)
+    return {k: v for part in parts for k, v in part.items()} if dist.get_rank() == 0 else {}
 
 
 def grid_path(outdir):
     """Where `--grid` writes: next to the image folder (`out` -> `out-grid.png`), so that FID tools reading the
     folder see only the samples."""
     return os.path.abspath(outdir).rstrip(os.sep) + '-grid.png'
-
-
-def save_grid(outdir, seeds, subdirs=False, path=None, max_images=1024):
-    """Assemble the PNGs already written for `seeds` into one grid image (run on one rank)."""
-    import PIL.Image
-    images = []
-    for seed in seeds[:max_images]:
-        with PIL.Image.open(image_path(outdir, seed, subdirs)) as img:
-            array = np.asarray(img)
-        images.append(array[:, :, None] if array.ndim == 2 else array)
-    path = path or grid_path(outdir)
-    save_png(make_grid(np.stack(images)), path)
-    return path

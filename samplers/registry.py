@@ -15,14 +15,17 @@ Solver kinds (`SolverSpec.kind`):
 - 'edm': a complete loop over an EDM schedule (`num_steps` noise levels plus a final zero, EDM's meaning;
   `schedule_rho` is EDM's rho) with float64 state: `fn(net, x, t_steps, class_labels, *, randn_like, callback,
   model_kwargs, **options) -> x`.
+- 'cld': a complete loop for a CLD net (`samplers.cld` contract) over gDDIM's time grid
+  (`samplers.gddim.time_steps(num_steps)`), started from the state u = (x, v) that the prior hook draws; same call
+  as 'edm', returning the images x. These solvers have needs='cld'.
 """
 
 import dataclasses
 import types
 from typing import Callable, Optional
 
-KINDS = ('ode', 'edm')
-NEEDS = ('denoiser', 'jvp')  # what the solver asks of the model: D(x; sigma) calls, or also JVPs of D
+KINDS = ('ode', 'edm', 'cld')
+NEEDS = ('denoiser', 'jvp', 'cld')  # what the solver asks of the model: D(x; sigma), also JVPs of D, or a CLD net
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,16 +33,22 @@ class SolverSpec:
     """What the toolkit needs to know about one solver.
 
     name: the `solver=` / `--solver` name.
-    fn: the update rule ('ode') or the loop ('edm'); see the module docstring.
+    fn: the update rule ('ode') or the loop ('edm', 'cld'); see the module docstring.
     defaults: the options the solver accepts, with their defaults (anything else is refused).
     evals_per_step: model evaluations per step (NFE = evals_per_step * steps, adjusted by `nfe`).
     nfe: optional `nfe(num_steps, options) -> int` replacing the default count (before AFS/denoise_to_zero).
-    prepare: optional `prepare(t_steps, **options) -> options`, run once per sampling call ('ode' kind): checks
+    prepare: optional `prepare(t_steps, **options) -> options`, run once per sampling call ('ode', 'cld'): checks
       the options and precomputes what every step needs (e.g. a coefficient table); its result goes to `fn`.
+    schedule: optional `schedule(num_steps, sigma_min, sigma_max, device=None, dtype=None, **options) -> t_steps`
+      ('ode' kind): the solver's own default timestamps, used instead of `get_schedule` (schedule_type and
+      schedule_rho are then not used) and without clipping sigma_min/sigma_max to the net's range; explicit
+      `t_steps` still take precedence.
+    state_dtype: dtype of the state for the 'ode' kind (None: float32 unless the latents are float64), e.g.
+      torch.float64 for a solver that reproduces a reference integrating in float64.
     max_order: highest value of the `max_order` option (None if the solver has no such option).
     order: convergence order of the method (documentation and benchmarks).
     stochastic: the solver draws noise (through `randn_like` only).
-    needs: 'denoiser' or 'jvp'.
+    needs: 'denoiser', 'jvp' (scalar-sigma denoisers) or 'cld' (CLD nets, `samplers.cld`).
     teacher: usable as a GITS teacher (reports the first-stage derivative of the state it carries).
     doc: one line for listings (`--help`, docs/samplers.md).
     """
@@ -50,6 +59,8 @@ class SolverSpec:
     evals_per_step: int = 1
     nfe: Optional[Callable] = None
     prepare: Optional[Callable] = None
+    schedule: Optional[Callable] = None
+    state_dtype: Optional[object] = None
     max_order: Optional[int] = None
     order: Optional[float] = None
     stochastic: bool = False
@@ -113,10 +124,11 @@ def get_solver(name):
     return spec
 
 
-def solver_names(kind=None, teacher=None, stochastic=None):
-    """Registered names, optionally filtered by kind, GITS-teacher capability or stochasticity."""
+def solver_names(kind=None, teacher=None, stochastic=None, needs=None):
+    """Registered names, optionally filtered by kind, GITS-teacher capability, stochasticity or what they need."""
     return [s.name for s in _registry.values() if (kind is None or s.kind == kind)
-            and (teacher is None or s.teacher == teacher) and (stochastic is None or s.stochastic == stochastic)]
+            and (teacher is None or s.teacher == teacher) and (stochastic is None or s.stochastic == stochastic)
+            and (needs is None or s.needs == needs)]
 
 
 def option_names():
@@ -141,7 +153,8 @@ def solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options):
     """Number of net evaluations of `samplers.sample(solver=..., num_steps=...)`.
 
     num_steps counts timestamps for 'ode' solvers (for GITS+AFS schedules pass their length) and noise levels
-    before the final zero for 'edm' solvers (EDM's meaning; solver 'edm' has NFE = 2 num_steps - 1).
+    before the final zero for 'edm' solvers (EDM's meaning; solver 'edm' has NFE = 2 num_steps - 1). 'cld'
+    solvers count timestamps too and end with a denoising call: NFE = num_steps.
     """
     return get_solver(solver).count_nfe(num_steps, afs=afs, denoise_to_zero=denoise_to_zero, **options)
 

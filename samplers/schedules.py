@@ -123,6 +123,23 @@ def edm_schedule(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7, device
 
 
 
+def gddim_schedule(num_steps, t_max=1.0, t_min=1e-3, ts_order=2, device=None, dtype=torch.float64):
+    """gDDIM's time grid for CLD (Zhang et al. 2023; times of the CLD process, not noise levels):
+    t_k = (t_max^(1/p) + k / (N - 1) (t_min^(1/p) - t_max^(1/p)))^p, k = 0..N-1, p = ts_order.
+
+    `num_steps` = N timestamps (N - 1 steps); with the final denoising step NFE = N (gDDIM's nfe=50 is N = 50).
+    """
+    if int(num_steps) < 2:
+        raise ValueError(f'num_steps must be at least 2 (got {num_steps})')
+    if not 0 < t_min < t_max:
+        raise ValueError(f'need 0 < t_min < t_max (got t_min={t_min}, t_max={t_max})')
+    k = torch.arange(int(num_steps), dtype=torch.float64) / (int(num_steps) - 1)
+    p = float(ts_order)
+    t = (t_max ** (1 / p) + k * (t_min ** (1 / p) - t_max ** (1 / p))) ** p
+    t[0], t[-1] = t_max, t_min
+    return t.to(device=device, dtype=dtype)
+
+
 def as_schedule(t_steps, device=None, dtype=torch.float32):
     """An explicit schedule (list or tensor) as a 1-D decreasing tensor; checks its shape and order."""
     t = torch.as_tensor(t_steps, dtype=dtype, device=device).flatten() if not isinstance(t_steps, torch.Tensor) \
@@ -139,5 +156,5 @@ def schedule_fingerprint(t_steps, decimals=4):
     return [round(float(v), decimals) for v in torch.as_tensor(t_steps).flatten()]
 
 
-__all__ = ['SCHEDULE_TYPES', 'get_schedule', 'vp_fit', 'vp_sigma', 'vp_sigma_inv', 'clip_sigma_range',
+__all__ = ['SCHEDULE_TYPES', 'get_schedule', 'gddim_schedule', 'vp_fit', 'vp_sigma', 'vp_sigma_inv', 'clip_sigma_range',
            'as_schedule', 'schedule_fingerprint']

@@ -1,14 +1,19 @@
 """From command-line options to a sampler: the selection rule, the NFE report and cached schedule searches.
 
-The rule (documented in `generate.py --help` and the README), driven by the solver registry:
+The rule (documented in `generate.py --help` and the README), driven by the solver registry and the model family
+of the network (`FAMILIES`):
+  scalar-sigma denoisers (EDM and the other formulations of `training.networks`):
   (a) any of the ablation options (--disc/--schedule/--scaling) -> EDM's ablation sampler (euler|heun, --steps);
   (b) else no --solver, or --solver=edm                        -> EDM Algorithm 2 (--steps, --S_* options);
-  (c) else the named 'ode' solver                              -> --num_steps timestamps (the GITS toolbox's meaning).
+  (c) else the named 'ode' solver                              -> --num_steps timestamps (the GITS toolbox's meaning);
+  a family with its own solvers (CLD: 'cld' kind):
+  (d) the named solver of the family, or its default           -> --num_steps timestamps of its own grid.
 Errors are `OptionError`s (a ValueError carrying the option it is about), turned into one line by the scripts.
 """
 
 import hashlib
 import json
+import math
 import os
 
 import torch
@@ -17,16 +22,27 @@ import dnnlib
 from torch_utils import distributed as dist
 from . import edm as edm_samplers
 from . import generation
+from .demo import pretrained_url
 from .gits import gits_schedule
 from .learn import DEFAULT_TEACHER, SEARCH_SETTINGS, learn_schedule
 from .registry import SOLVERS, get_solver, option_names, solver_names
-from .sampling import DEFAULT_NUM_STEPS, EDM_DEFAULT_NUM_STEPS, sample
+from .sampling import CLD_DEFAULT_NUM_STEPS, DEFAULT_NUM_STEPS, EDM_DEFAULT_NUM_STEPS, sample
+from .schedules import clip_sigma_range, gddim_schedule, get_schedule
 
 ABLATION_KEYS = ('disc', 'schedule', 'scaling')
 ABLATION_TARGETS = dict(disc='discretization', schedule='schedule', scaling='scaling')
 # Options of the 'ode' kind besides the solvers' own options (see `sample`), and the GITS search switch.
 # --schedule_type=learned (not a `get_schedule` type) asks for a learned schedule (`samplers.learn_schedule`).
 ODE_KEYS = ('num_steps', 'schedule_type', 'schedule_rho', 'afs', 'denoise_to_zero', 't_steps', 'dp')
+# Model families. A network belongs to the first family whose `attribute` it has, else to 'denoiser'. `kinds`: the
+# solver kinds that sample it; `default`: the solver and number of timestamps without --solver/--num_steps (None:
+# rules (a)-(c)); `what`: how messages name it.
+FAMILIES = {
+    'denoiser': dict(attribute=None, kinds=('edm', 'ode'), default=None, what='a scalar-sigma denoiser'),
+    'cld': dict(attribute='cld', kinds=('cld',), default=('gddim', CLD_DEFAULT_NUM_STEPS), what='a CLD network'),
+}
+# Options that only rules (a)-(c) use (the 'edm' solver's own options are added where used).
+_DENOISER_KEYS = ABLATION_KEYS + ('steps', 'rho', 'sigma_min', 'sigma_max') + ODE_KEYS[1:]
 
 
 class OptionError(ValueError):
@@ -37,12 +53,53 @@ class OptionError(ValueError):
         self.param = param
 
 
+# The GITS toolbox's --dataset_name values for EDM's pixel-space checkpoints (official files, see samplers.demo).
+TOOLBOX_MODELS = {'cifar10': 'edm-cifar10-32x32-uncond-vp.pkl', 'ffhq': 'edm-ffhq-64x64-uncond-vp.pkl',
+                  'afhqv2': 'edm-afhqv2-64x64-uncond-vp.pkl', 'imagenet64': 'edm-imagenet-64x64-cond-adm.pkl'}
+
+
+def toolbox_network(dataset_name):
+    """The checkpoint URL of a GITS toolbox --dataset_name (raises OptionError for the models it cannot load)."""
+    if dataset_name not in TOOLBOX_MODELS:
+        raise OptionError(f'{dnnlib.util.printable(dataset_name)!r} is not supported; supported: '
+                          f'{", ".join(TOOLBOX_MODELS)} (EDM\'s pixel-space models; give any other checkpoint with '
+                          '--network=PATH|URL)', param='dataset_name')
+    return pretrained_url(TOOLBOX_MODELS[dataset_name])
+
+
+def toolbox_outdir(dataset_name, grid=False, solver=None, nfe=None):
+    """Where the GITS toolbox writes: ./samples/<dataset_name>/<solver>_nfe<NFE>, under ./samples/grids/ with
+    --grid; without `solver` the folder that holds these."""
+    folder = os.path.join('samples', 'grids', dataset_name) if grid else os.path.join('samples', dataset_name)
+    return folder if solver is None else os.path.join(folder, f'{solver}_nfe{nfe}')
+
+
 def describe_rule():
     """The selection rule in one paragraph (for --help)."""
     return ('Sampler rule: (a) any of --disc/--schedule/--scaling selects EDM\'s ablation sampler (--solver '
             'euler|heun, --steps); (b) otherwise no --solver or --solver=edm runs EDM Algorithm 2 (--steps, '
             '--S_churn/--S_min/--S_max/--S_noise); (c) otherwise the named solver runs with --num_steps timestamps '
-            '(no trailing zero).')
+            f'(no trailing zero). (d) CLD networks run --solver={"|".join(family_solvers("cld"))} (default gddim, '
+            f'--num_steps={CLD_DEFAULT_NUM_STEPS}, NFE = num_steps) with --max_order and --langevin.')
+
+
+def net_family(net):
+    """The model family of a network (a key of `FAMILIES`)."""
+    for name, family in FAMILIES.items():
+        if family['attribute'] is not None and getattr(net, family['attribute'], None) is not None:
+            return name
+    return 'denoiser'
+
+
+def solver_family(solver):
+    """The model family that `solver` samples."""
+    kind = get_solver(solver).kind
+    return next(name for name, family in FAMILIES.items() if kind in family['kinds'])
+
+
+def family_solvers(family):
+    """The registered solvers of a family."""
+    return [spec.name for spec in SOLVERS.values() if spec.kind in FAMILIES[family]['kinds']]
 
 
 def _edm_options():
@@ -55,21 +112,50 @@ def _ode_options():
     return list(ODE_KEYS[:-2]) + own + list(ODE_KEYS[-2:])
 
 
-def _refuse(opts, keys, what):
-    given = [k for k in keys if opts.get(k) not in (None, False)]
+def _given(opts, keys):
+    """The options in `keys` given in `opts` (the switches of ODE_KEYS default to False, the others to None)."""
+    return [k for k in keys if opts.get(k) is not None and not (k in ODE_KEYS and opts.get(k) is False)]
+
+
+def _options_apply(keys):
+    """'--a only applies' / '--a, --b only apply'."""
+    return f'{", ".join("--" + k for k in keys)} only {"applies" if len(keys) == 1 else "apply"}'
+
+
+def _refuse(opts, keys, what, hint=''):
+    given = _given(opts, keys)
     if given:
-        raise OptionError(f'{", ".join("--" + k for k in given)} only apply to the fast solvers '
-                          f'(--solver={"|".join(solver_names(kind="ode"))}), not to {what}')
+        raise OptionError(f'{_options_apply(given)} to the fast solvers '
+                          f'(--solver={"|".join(solver_names(kind="ode"))}), not to {what}{hint}')
+    for key in _given(opts, [k for k in option_names() if k not in keys and k not in _edm_options()]):
+        users = [spec.name for spec in SOLVERS.values() if key in spec.defaults]
+        raise OptionError(f'--{key} only applies to --solver={"|".join(users)}, not to {what}')
+
+
+def _solver_options(opts, spec, note):
+    """The solver options given in `opts` that `spec` accepts; a note names the others (the GITS toolbox passes
+    every option to every solver, so its command lines keep working)."""
+    given = _given(opts, option_names())
+    ignored = [f'--{k}' for k in given if k not in spec.defaults]
+    if ignored:
+        note(f'Note: {", ".join(ignored)} not used by --solver={spec.name}; ignored.')
+    return {k: opts[k] for k in given if k in spec.defaults}
 
 
 def _sigmas(opts):
     return {k: opts[k] for k in ('sigma_min', 'sigma_max') if opts.get(k) is not None}
 
 
-def choose_sampler(opts, note=print):
-    """Apply the selection rule to parsed options (None = not given). Returns (kind, sampler_kwargs), kind being
-    'ablation', 'edm' or 'fast'; `note` receives messages about ignored options."""
+def choose_sampler(opts, note=print, family='denoiser'):
+    """Apply the selection rule to parsed options (None = not given) for a network of `family` (see `net_family`).
+    Returns (kind, sampler_kwargs), kind being 'ablation', 'edm', 'fast' or 'cld'; `note` receives messages about
+    ignored options."""
     solver = opts.get('solver')
+    if solver is not None and solver_family(solver) != family:
+        raise OptionError(f'--solver={solver} needs {FAMILIES[solver_family(solver)]["what"]}, but the network is '
+                          f'{FAMILIES[family]["what"]}; use --solver={"|".join(family_solvers(family))}')
+    if FAMILIES[family]['default'] is not None:
+        return _choose_family_solver(opts, note, family)
     churn = {k: opts[k] for k in _edm_options() if opts.get(k) is not None}
     steps = opts.get('steps')
     rho = 7 if opts.get('rho') is None else opts['rho']
@@ -85,7 +171,8 @@ def choose_sampler(opts, note=print):
         return 'ablation', {**kwargs, **_sigmas(opts)}
 
     if solver in (None, 'edm'):
-        _refuse(opts, _ode_options(), 'EDM\'s sampler (no --solver or --solver=edm); name a fast --solver to use them')
+        _refuse(opts, _ode_options(), 'EDM\'s sampler (no --solver or --solver=edm)',
+                '; name a fast --solver to use them')
         return 'edm', dict(num_steps=EDM_DEFAULT_NUM_STEPS if steps is None else steps, rho=rho, **churn,
                            **_sigmas(opts))
 
@@ -96,22 +183,13 @@ def choose_sampler(opts, note=print):
     if opts.get('rho') is not None:
         raise OptionError(f'--rho is EDM\'s time step exponent; --solver={solver} takes --schedule_rho')
     if churn:
-        raise OptionError(f'{", ".join("--" + k for k in churn)} only apply to EDM\'s sampler; '
-                          f'--solver={solver} is deterministic')
+        raise OptionError(f'{_options_apply(list(churn))} to EDM\'s sampler; --solver={solver} is deterministic')
     if opts.get('schedule_type') == 'learned' and opts.get('dp'):
         raise OptionError('--dp searches a GITS schedule and --schedule_type=learned learns one; choose one')
     kwargs = dict(solver=solver, schedule_type=opts.get('schedule_type') or 'polynomial',
                   schedule_rho=7 if opts.get('schedule_rho') is None else opts['schedule_rho'],
                   afs=opts['afs'], denoise_to_zero=opts['denoise_to_zero'])
-    ignored = []
-    for key in _ode_options():
-        if key not in ODE_KEYS and opts.get(key) is not None:
-            if key in spec.defaults:
-                kwargs[key] = opts[key]
-            else:
-                ignored.append(f'--{key}')
-    if ignored:  # The GITS toolbox passes every option to every solver; keep its command lines working.
-        note(f'Note: {", ".join(ignored)} not used by --solver={solver}; ignored.')
+    kwargs.update(_solver_options(opts, spec, note))
     kwargs.update(_sigmas(opts))
     if opts.get('t_steps') is not None:
         t_steps = opts['t_steps']
@@ -129,19 +207,67 @@ def choose_sampler(opts, note=print):
     return 'fast', kwargs
 
 
+def _choose_family_solver(opts, note, family):
+    """Rule (d): the family's named or default solver on its own time grid."""
+    default_solver, default_steps = FAMILIES[family]['default']
+    spec = get_solver(opts.get('solver') or default_solver)
+    foreign = _given(opts, _DENOISER_KEYS + tuple(_edm_options()))
+    if foreign:
+        raise OptionError(f'{", ".join("--" + k for k in foreign)} cannot be used with {FAMILIES[family]["what"]} '
+                          f'(--solver={"|".join(family_solvers(family))} take --num_steps and their own options)')
+    num_steps = default_steps if opts.get('num_steps') is None else opts['num_steps']
+    if num_steps < 2:
+        raise OptionError('needs at least 2 timestamps', param='num_steps')
+    return spec.kind, dict(solver=spec.name, num_steps=num_steps, **_solver_options(opts, spec, note))
+
+
+def precheck(opts):
+    """Check options before the network is loaded: an OptionError if no family the options may be meant for (with
+    --solver, the solver's family) accepts them. Its message gives every family's reason."""
+    families = [solver_family(opts['solver'])] if opts.get('solver') else list(FAMILIES)
+    errors = []
+    for family in families:
+        try:
+            check_sampler(*choose_sampler(opts, note=lambda message: None, family=family))
+            return
+        except OptionError as e:
+            errors.append((family, e))
+    if len(errors) == 1:
+        raise errors[0][1]
+    raise OptionError('. '.join(f'For {FAMILIES[family]["what"]}: {e}' for family, e in errors))
+
+
 def check_sampler(kind, kwargs):
     """Validate the chosen solver's options before any work starts (raises OptionError)."""
-    if kind != 'fast':
+    if kind not in ('fast', 'cld'):
         return
     options = {k: v for k, v in kwargs.items() if k in SOLVERS[kwargs['solver']].defaults}
     spec = get_solver(kwargs['solver'])
     if kwargs['schedule_type'] == 'learned' and spec.stochastic and 't_steps' not in kwargs:
         raise OptionError(f'--schedule_type=learned needs a deterministic solver (--solver={spec.name} draws noise)')
     if spec.prepare is not None:
+        probe = gddim_schedule(5) if kind == 'cld' else torch.tensor([80.0, 1.0, 0.5, 0.1, 0.002])
         try:
-            spec.prepare(torch.tensor([80.0, 1.0, 0.5, 0.1, 0.002]), **spec.check_options(options))
+            spec.prepare(probe, **spec.check_options(options))
         except (ValueError, TypeError) as e:
             raise OptionError(str(e)) from None
+
+
+def check_net(kind, kwargs, net):
+    """Validate the options that depend on the loaded network before any work starts (raises OptionError): a fast
+    solver's time schedule is built on it (e.g. schedule_type='discrete' needs a net with its own time variable)
+    and prepared with the solver's options."""
+    if kind != 'fast' or 't_steps' in kwargs:
+        return
+    spec = get_solver(kwargs['solver'])
+    lo, hi = clip_sigma_range(net, kwargs.get('sigma_min', 0.002), kwargs.get('sigma_max', 80))
+    schedule_type = 'polynomial' if kwargs['schedule_type'] == 'learned' else kwargs['schedule_type']
+    try:
+        t_steps = get_schedule(kwargs['num_steps'], lo, hi, schedule_type, kwargs['schedule_rho'], net=net)
+        if spec.prepare is not None:
+            spec.prepare(t_steps, **spec.check_options({k: v for k, v in kwargs.items() if k in spec.defaults}))
+    except (ValueError, TypeError) as e:
+        raise OptionError(f'this network: {e}') from None
 
 
 def describe_nfe(kind, kwargs):
@@ -153,7 +279,8 @@ def describe_nfe(kind, kwargs):
     spec = get_solver(kwargs['solver'])
     options = {k: v for k, v in kwargs.items() if k in spec.defaults}
     num_steps = len(kwargs['t_steps']) if 't_steps' in kwargs else kwargs['num_steps']
-    return spec.count_nfe(num_steps, afs=kwargs['afs'], denoise_to_zero=kwargs['denoise_to_zero'], **options)
+    return spec.count_nfe(num_steps, afs=kwargs.get('afs', False), denoise_to_zero=kwargs.get('denoise_to_zero', False),
+                          **options)
 
 
 def make_sampler_fn(kind, kwargs):
@@ -180,18 +307,33 @@ def network_fingerprint(network):
     return network
 
 
-def _read_cached(path, search):
-    """The cached schedule at `path` if it is a valid record of exactly this search, else None."""
+MAX_CACHE_BYTES = 1 << 20   # A cached schedule is a few hundred bytes; a larger file is not read.
+
+
+def _read_cached(path, search, check=None):
+    """(schedule, None) if `path` holds a valid record of exactly this `search`, else (None, the reason). `check`
+    (t_steps -> None, raises ValueError) tests the schedule itself, so a planted record is refused too."""
     try:
+        if os.path.getsize(path) > MAX_CACHE_BYTES:
+            return None, f'larger than {MAX_CACHE_BYTES} bytes'
         with open(path, encoding='utf-8') as f:
             record = json.load(f)
-        t_steps = record['t_steps']
-        valid = (record.get('search') == search and isinstance(t_steps, list) and len(t_steps) >= 2
-                 and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in t_steps)
-                 and all(a > b for a, b in zip(t_steps[:-1], t_steps[1:])) and t_steps[-1] > 0)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        valid = False
-    return [float(t) for t in t_steps] if valid else None
+    except (OSError, ValueError, RecursionError):
+        return None, 'not a readable JSON file'
+    if not isinstance(record, dict) or record.get('search') != search:
+        return None, 'not a record of this search'
+    t_steps = record.get('t_steps')
+    if not (isinstance(t_steps, list) and len(t_steps) >= 2
+            and all(type(t) in (int, float) and math.isfinite(t) for t in t_steps)
+            and all(a > b for a, b in zip(t_steps[:-1], t_steps[1:])) and t_steps[-1] > 0):
+        return None, 'its t_steps are not a decreasing list of positive noise levels'
+    t_steps = [float(t) for t in t_steps]
+    if check is not None:
+        try:
+            check(t_steps)
+        except ValueError as e:
+            return None, str(e)
+    return t_steps, None
 
 
 def write_json(path, obj):
@@ -200,19 +342,21 @@ def write_json(path, obj):
         json.dump(obj, f, indent=2)
 
 
-def cached_search(name, search, compute):
+def cached_search(name, search, compute, check=None):
     """Run `compute() -> list of noise levels` on rank 0 unless the cache holds this `search` (a JSON-able dict
-    naming everything that changes the result); broadcast the schedule to every rank."""
+    naming everything that changes the result); broadcast the schedule to every rank. A cache file is used only
+    if it is a record of this search whose schedule passes `check` (see `_read_cached`); otherwise the search
+    runs again and replaces it."""
     digest = hashlib.sha256(json.dumps(search, sort_keys=True).encode()).hexdigest()[:20]
     cache_path = dnnlib.make_cache_dir_path(name, f'{digest}.json')
     t_steps = None
     if dist.get_rank() == 0:
-        t_steps = _read_cached(cache_path, search) if os.path.exists(cache_path) else None
+        t_steps, reason = _read_cached(cache_path, search, check) if os.path.exists(cache_path) else (None, None)
         if t_steps is not None:
             print(f'Reusing the {name.upper()} schedule cached in {cache_path}')
         else:
-            if os.path.exists(cache_path):
-                print(f'Ignoring the invalid cache file {cache_path}')
+            if reason is not None:
+                print(f'Ignoring the cache file {cache_path}: {dnnlib.util.printable(reason)}')
             t_steps = [float(t) for t in torch.as_tensor(compute()).flatten().tolist()]
             write_json(cache_path, dict(search=search, t_steps=t_steps))
     return dist.broadcast_object(t_steps)
@@ -229,6 +373,18 @@ def gits_search(net, network_key, kwargs, opts, device):
                   sigma_max=opts.get('sigma_max') or 80, afs=kwargs['afs'], solver=kwargs['solver'],
                   class_idx=opts.get('class_idx'), **student_options)
 
+    def check(t_steps):
+        # A GITS schedule picks timestamps of the teacher's fine grid, from its first to its last one.
+        lo, hi = clip_sigma_range(net, search['sigma_min'], search['sigma_max'])
+        fine = get_schedule(opts['num_steps_tea'], lo, hi, kwargs['schedule_type'], kwargs['schedule_rho'],
+                            net=net).tolist()
+        sizes = (kwargs['num_steps'], kwargs['num_steps'] + 1) if kwargs['afs'] else (kwargs['num_steps'],)
+        on_grid = all(any(math.isclose(t, f, rel_tol=1e-6) for f in fine) for t in t_steps)
+        ends = math.isclose(t_steps[0], fine[0], rel_tol=1e-6) and math.isclose(t_steps[-1], fine[-1], rel_tol=1e-6)
+        if len(t_steps) not in sizes or not on_grid or not ends:
+            raise ValueError(f'its t_steps are not {kwargs["num_steps"]} points of the teacher\'s '
+                             f'{opts["num_steps_tea"]}-point grid from {fine[0]:g} to {fine[-1]:g}')
+
     def compute():
         # Warm-up latents come from the per-seed generators of seeds 0..num_warmup-1, so the search is
         # deterministic and can be cached.
@@ -242,7 +398,7 @@ def gits_search(net, network_key, kwargs, opts, device):
                                  schedule_type=kwargs['schedule_type'], schedule_rho=kwargs['schedule_rho'],
                                  afs=kwargs['afs'], solver=kwargs['solver'], solver_options=student_options)
 
-    return cached_search('gits', search, compute), search
+    return cached_search('gits', search, compute, check), search
 
 
 def learned_search(net, network_key, kwargs, opts, device):
@@ -256,6 +412,13 @@ def learned_search(net, network_key, kwargs, opts, device):
                   solver=kwargs['solver'], class_idx=opts.get('class_idx'), teacher=DEFAULT_TEACHER,
                   settings=SEARCH_SETTINGS, **student_options)
 
+    def check(t_steps):
+        # A learned schedule has num_steps levels from the clipped sigma_max to the clipped sigma_min.
+        lo, hi = clip_sigma_range(net, search['sigma_min'], search['sigma_max'])
+        if len(t_steps) != kwargs['num_steps'] or not (math.isclose(t_steps[0], hi, rel_tol=1e-6)
+                                                       and math.isclose(t_steps[-1], lo, rel_tol=1e-6)):
+            raise ValueError(f'its t_steps are not {kwargs["num_steps"]} levels from {hi:g} to {lo:g}')
+
     def compute():
         latents, class_labels, _ = generation.draw_inputs(net, list(range(opts['num_warmup'])), device,
                                                           opts.get('class_idx'))  # seeds 0..num_warmup-1
@@ -265,7 +428,7 @@ def learned_search(net, network_key, kwargs, opts, device):
                                   sigma_min=search['sigma_min'], sigma_max=search['sigma_max'], afs=kwargs['afs'],
                                   denoise_to_zero=kwargs['denoise_to_zero'], **student_options)
 
-    return cached_search('learned', search, compute), search
+    return cached_search('learned', search, compute, check), search
 
 
 def search_schedule(net, network_key, kwargs, opts, device):
@@ -281,6 +444,7 @@ def search_schedule(net, network_key, kwargs, opts, device):
     return None
 
 
-__all__ = ['OptionError', 'describe_rule', 'choose_sampler', 'check_sampler', 'describe_nfe', 'make_sampler_fn',
-           'network_fingerprint', 'cached_search', 'gits_search', 'learned_search', 'search_schedule',
-           'write_json']
+__all__ = ['OptionError', 'FAMILIES', 'TOOLBOX_MODELS', 'toolbox_network', 'toolbox_outdir', 'describe_rule',
+           'net_family', 'solver_family', 'family_solvers', 'choose_sampler', 'precheck', 'check_sampler',
+           'check_net', 'describe_nfe', 'make_sampler_fn', 'network_fingerprint', 'cached_search', 'gits_search',
+           'learned_search', 'search_schedule', 'write_json']

@@ -11,17 +11,18 @@ if ROOT not in sys.path:
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
+
+
 def fixtures_dir(*parts):
-    """Path inside ../shared/fixtures (next to the repository root, as in CI)."""
-    for base in (os.path.join(ROOT, '..', 'shared', 'fixtures'), os.environ.get('EDMKIT_FIXTURES', '')):
-        if base and os.path.isdir(base):
-            return os.path.join(os.path.abspath(base), *parts)
-    pytest.fail('shared fixtures folder not found (expected ../shared/fixtures next to the repository)')
+    """Path inside tests/fixtures, the golden reference outputs (described in tests/fixtures/README.md)."""
+    return os.path.join(FIXTURES, *parts)
 
 
-@pytest.fixture
-def fixtures():
-    return fixtures_dir
+@pytest.fixture(scope='module')
+def golden():
+    """The GITS toolbox's reference cases on an analytic Gaussian mixture (tests/fixtures/README.md, samplers/)."""
+    return torch.load(fixtures_dir('samplers', 'gits_reference_cases.pt'), weights_only=True)
 
 
 def error_line(result):

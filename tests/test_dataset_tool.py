@@ -1,6 +1,7 @@
 """dataset_tool.py: sources, output layout, pixels (PIL LANCZOS + EDM crop rules), errors leave nothing behind."""
 
 import gzip
+import importlib
 import io
 import json
 import os
@@ -17,7 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from dnnlib import limits
 from conftest import error_line
+from test_dataset import png_header_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,14 +114,16 @@ def test_cifar10_tarball_to_zip(tmp_path):
 
 
 def test_cifar10_rejects_wrong_format(tmp_path):
-    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [{'labels': [0], 'data': np.zeros((1, 100), np.uint8)}] * 5)
+    batch = {'labels': [0], 'data': np.zeros((1, 100), np.uint8)}
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [batch] * 5)
     line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
     assert '3072' in line
     assert not (tmp_path / 'o.zip').exists()
 
 
 def test_cifar10_refuses_foreign_pickle_objects(tmp_path):
-    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [{'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'x': os.path.join}] * 5)
+    batch = {'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'x': os.path.join}
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [batch] * 5)
     line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
     assert 'unexpected object' in line
     assert not (tmp_path / 'o.zip').exists()
@@ -351,6 +356,7 @@ def test_lmdb_without_optional_packages(tmp_path):
     assert not (tmp_path / 'l.zip').exists()
 
 
+@pytest.mark.slow
 def test_cli_subprocess_error(tmp_path):
     src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)])
     res = subprocess.run([sys.executable, 'dataset_tool.py', f'--source={src}', f'--dest={tmp_path / "x.zip"}'],
@@ -366,3 +372,189 @@ def test_convert_dataset_importable(tmp_path):
     out = dataset_tool.convert_dataset(str(src), str(tmp_path / 'o.zip'), resolution='8x8', progress=False)
     assert out == dict(written=2, skipped=0)
     assert pathlib.Path(tmp_path / 'o.zip').is_file()
+
+
+# ----------------------------------------------------------------------------
+# Hostile sources: no crash, no code, bounded memory, one line.
+
+
+class _Reduce:
+    """Pickles as `fn(*args)` followed by BUILD `state` (what a hand-written hostile pickle does)."""
+
+    def __init__(self, fn, args, state=None):
+        self.fn, self.args, self.state = fn, args, state
+
+    def __reduce__(self):
+        return (self.fn, self.args) if self.state is None else (self.fn, self.args, self.state)
+
+
+def _object_dtype_state(itemsize):
+    # numpy's dtype state (version, byte order, subarray, names, fields, itemsize, alignment, flags): one field
+    # of object type. A scalar built from file bytes with this dtype dereferences pointers taken from the file.
+    return (3, '|', None, ('f',), {'f': (np.dtype('O'), 0)}, itemsize, 1, 0x3F)
+
+
+def _numpy_core(name):
+    try:
+        return importlib.import_module(f'numpy._core.{name}')
+    except ImportError:  # numpy < 2
+        return importlib.import_module(f'numpy.core.{name}')
+
+
+def _scalar(dtype, data):
+    return _Reduce(_numpy_core('multiarray').scalar, (dtype, data))
+
+
+HOSTILE_CIFAR = {
+    # The interpreter crash: a void dtype given object fields through BUILD, then a scalar from 8 chosen bytes.
+    'object fields through BUILD': (_scalar(_Reduce(np.dtype, ('V8', False, True), _object_dtype_state(8)),
+                                            b'\x41' * 8), "numpy dtype 'V8' is not a plain numeric type"),
+    'state change on a numeric dtype': (_scalar(_Reduce(np.dtype, ('u8', False, True), (3, '<', None, None, None,
+                                                                                         16, 8, 0)),
+                                                b'\x41' * 16), "numpy dtype '<u8' with a changed state"),
+    'object dtype': (_scalar(_Reduce(np.dtype, ('O8', False, True)), b'\x41' * 8), "numpy dtype 'O8'"),
+    'structured dtype code': (_Reduce(np.dtype, ('i4,i4', False, True)), 'not a plain numeric type code'),
+    'scalar from too few bytes': (_scalar(np.dtype('f8'), b'\x00' * 3), 'from 3 bytes (needs 8)'),
+    'array bytes do not match the shape': (
+        _Reduce(_numpy_core('numeric')._frombuffer, (b'\x00' * 10, np.dtype('u1'), (1, 3072), 'C')),
+        'from 10 bytes (needs 3072)'),
+    'other codec': (_Reduce(__import__('_codecs').encode, ('x', 'rot13')), 'unexpected use of _codecs.encode'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(HOSTILE_CIFAR))
+def test_cifar10_hostile_numpy_objects(tmp_path, case):
+    payload, message = HOSTILE_CIFAR[case]
+    batch = {'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'extra': payload}
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [batch] * 5)
+    line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
+    assert message in line
+    assert not (tmp_path / 'o.zip').exists()
+
+
+def test_cifar10_numpy_pickle_protocols(tmp_path):
+    # Arrays and scalars as numpy pickles them at protocol 2 (Python 2 style) and 5 (out-of-band capable).
+    x = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    for protocol in (2, 5):
+        batch = {'labels': [np.int64(3), 7], 'data': x}
+        path = tmp_path / f'p{protocol}' / 'cifar-10-python.tar.gz'
+        path.parent.mkdir()
+        with tarfile.open(path, 'w:gz') as tar:
+            for b in range(1, 6):
+                data = pickle.dumps(batch, protocol=protocol)
+                info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        count, images = dataset_tool.open_cifar10(str(path))
+        items = list(images)
+        assert count == 10 and [label for _, _, label in items] == [3, 7] * 5
+        np.testing.assert_array_equal(items[1][1], x[1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_cifar10_inflating_batches_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, 'FLOOR', 1 << 20)
+    batch = {'labels': [0] * 400, 'data': np.zeros((400, 3072), np.uint8)}  # 1.2 MB each, compresses 1000x.
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [batch] * 5)
+    line = error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
+    assert 'the uncompressed batches would take' in line and 'over the limit of 1.0 MiB' in line
+
+
+def test_cifar10_too_many_pickle_operations(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset_tool, 'CIFAR_MAX_PICKLE_OPS', 1000)
+    batch = {'labels': [0], 'data': np.zeros((1, 3072), np.uint8), 'many': [[] for _ in range(1000)]}
+    path = write_cifar_tarball(tmp_path / 'cifar-10-python.tar.gz', [batch] * 5)
+    assert 'more than 1000 operations' in error_line(run([f'--source={path}', f'--dest={tmp_path / "o.zip"}']))
+
+
+def test_mnist_gzip_bomb_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, 'FLOOR', 1 << 20)
+    with gzip.open(tmp_path / 'train-images-idx3-ubyte.gz', 'wb') as f:
+        f.write(np.array([2051, 3000, 28, 28], '>u4').tobytes() + bytes(3000 * 28 * 28))
+    with gzip.open(tmp_path / 'train-labels-idx1-ubyte.gz', 'wb') as f:
+        f.write(np.array([2049, 3000], '>u4').tobytes() + bytes(3000))
+    line = error_line(run([f'--source={tmp_path / "train-images-idx3-ubyte.gz"}', f'--dest={tmp_path / "m.zip"}']))
+    assert 'train-images-idx3-ubyte.gz: the uncompressed file would take' in line and 'over the limit' in line
+
+
+def test_zip_source_bomb_and_huge_image_header(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, 'FLOOR', 1 << 20)
+    zpath = tmp_path / 'src.zip'
+    with zipfile.ZipFile(zpath, 'w', compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr('a.png', png_bytes(np.zeros((8, 8, 3), np.uint8)))
+        z.writestr('dataset.json', b' ' * (4 << 20))
+    line = error_line(run([f'--source={zpath}', f'--dest={tmp_path / "o.zip"}']))
+    assert 'dataset.json: the uncompressed entry would take 4.0 MiB' in line
+    folder = tmp_path / 'big'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes(png_header_only(1000, 1000))
+    line = error_line(run([f'--source={folder}', f'--dest={tmp_path / "b.zip"}']))
+    assert 'a.png: the decoded image would take 2.9 MiB from 65 bytes stored, over the limit of 1.0 MiB' in line
+    assert not (tmp_path / 'o.zip').exists() and not (tmp_path / 'b.zip').exists()
+
+
+@pytest.mark.parametrize('text,message', [('[1, 2]', 'expected an object'),
+                                          ('{"labels": [["a.png", 1000000000000]]}', 'expected a class index in')])
+def test_source_dataset_json_checked(tmp_path, text, message):
+    src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8)])
+    (src / 'dataset.json').write_text(text)
+    line = error_line(run([f'--source={src}', f'--dest={tmp_path / "o.zip"}']))
+    assert message in line and 'dataset.json' in line
+    assert not (tmp_path / 'o.zip').exists()
+
+
+def test_control_characters_in_source_names_are_escaped(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'x\x1b[2K\rDone.png').write_bytes(b'\x89PNG\r\n\x1a\n broken')
+    result = run([f'--source={src}', f'--dest={tmp_path / "o.zip"}'])
+    line = error_line(result)
+    assert '\x1b' not in result.output and '\\x1b[2K\\rDone.png' in line
+
+# ----------------------------------------------------------------------------
+# Usability.
+
+
+def test_source_without_images_writes_nothing(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    (src / 'readme.txt').write_text('no images here')
+    for dest in (tmp_path / 'out' / 'e.zip', tmp_path / 'out' / 'folder'):
+        assert 'no images found; nothing was written' in error_line(run([f'--source={src}', f'--dest={dest}']))
+    assert not (tmp_path / 'out').exists()
+    rng = np.random.default_rng(7)
+    save_image(str(src / 'narrow.png'), rand_img(rng, 30, 12))
+    line = error_line(run([f'--source={src}', f'--dest={tmp_path / "out" / "w.zip"}', '--resolution=16x8',
+                           '--transform=center-crop-wide']))
+    assert 'all 1 images are too small for --transform=center-crop-wide' in line
+    assert not (tmp_path / 'out').exists() and leftovers(tmp_path) == []
+
+
+def test_non_square_wording_names_only_what_was_done(tmp_path):
+    src = _folder(tmp_path, [rand_img(np.random.default_rng(8), 8, 16)])
+    assert 'image is 16x8, but images must be square' in error_line(run([f'--source={src}',
+                                                                         f'--dest={tmp_path / "a.zip"}']))
+    line = error_line(run([f'--source={src}', f'--dest={tmp_path / "b.zip"}', '--resolution=16x8']))
+    assert 'image is 16x8 after resizing, but' in line
+
+
+def test_unwritable_destination_wording(tmp_path, monkeypatch):
+    src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8)])
+
+    def refuse(*args, **kwargs):
+        raise FileNotFoundError(2, 'No such file or directory')
+    monkeypatch.setattr(zipfile, 'ZipFile', refuse)
+    line = error_line(run([f'--source={src}', f'--dest={tmp_path / "x.zip"}']))
+    assert f'--dest {tmp_path / "x.zip"}: cannot create files in {tmp_path} (No such file or directory)' in line
+
+
+def test_refuses_torchrun(tmp_path, monkeypatch):
+    src = _folder(tmp_path, [np.zeros((8, 8, 3), np.uint8)])
+    for rank in ('0', '1'):
+        monkeypatch.setenv('WORLD_SIZE', '2')
+        monkeypatch.setenv('RANK', rank)
+        result = CliRunner().invoke(dataset_tool.main, [f'--source={src}', f'--dest={tmp_path / "o.zip"}'])
+        assert result.exit_code == 2
+        errors = [line for line in result.output.splitlines() if line.startswith('Error')]
+        assert errors == (['Error: dataset_tool.py runs as one process; start it with python, not torchrun']
+                          if rank == '0' else [])
+    assert not (tmp_path / 'o.zip').exists()

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 import dnnlib
-from dnnlib import util
+from dnnlib import cli, util
 
 
 def test_easydict_attributes():
@@ -22,9 +22,25 @@ def test_construct_class_by_name():
     d = dnnlib.util.construct_class_by_name(class_name='dnnlib.EasyDict', x=3)
     assert isinstance(d, dnnlib.EasyDict) and d.x == 3
     assert util.get_obj_by_name('np.float64') is __import__('numpy').float64
-    assert util.get_obj_by_name('torch_utils.misc.parse_int_list')('1-3') == [1, 2, 3]
+    assert util.get_obj_by_name('dnnlib.cli.parse_int_list')('1-3') == [1, 2, 3]
     with pytest.raises(ImportError):
         util.get_obj_by_name('no_such_module_xyz.Thing')
+
+
+def test_parse_int_list():
+    assert cli.parse_int_list('0-3,7, 9-10') == [0, 1, 2, 3, 7, 9, 10]
+    assert cli.parse_int_list('"0-2"') == [0, 1, 2]
+    for bad in ('', 'a', '3-1', '1,,2', '-1'):
+        with pytest.raises(ValueError):
+            cli.parse_int_list(bad)
+
+
+def test_one_line():
+    assert cli.one_line(ValueError('bad  value\n  details\n')) == 'bad value'
+    assert cli.one_line(RuntimeError('\n\n  first\tline \nsecond')) == 'first line'
+    assert cli.one_line(OSError()) == 'OSError'
+    assert cli.one_line(KeyError('k')) == "'k'"
+    assert cli.one_line('plain\ntext') == 'plain'
 
 
 def test_open_url_local_and_file_url(tmp_path):
@@ -110,3 +126,12 @@ def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
                 f.write(b'half')
             raise RuntimeError('interrupted')
     assert target.read_bytes() == b'data' and os.listdir(tmp_path / 'sub') == ['out.bin']
+
+
+def test_printable_escapes_terminal_control():
+    from dnnlib.util import printable
+    text = printable('net\x1b[2K\rDone.\x07 \u202e ok')
+    assert text == 'net\\x1b[2K\\rDone.\\x07 \\u202e ok'
+    assert all(c.isprintable() for c in text)
+    assert printable('é ü 日本') == 'é ü 日本'
+    assert printable('x' * 500).endswith('...') and len(printable('x' * 500)) == 203

@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 
 import example
+from samplers import demo
 from torch_utils import persistence
-from training import demo
 from training.networks import EDMPrecond
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,17 +81,19 @@ def test_official_checkpoints_by_url_with_recommended_settings(server, tmp_path,
         assert img.size == (side, side) and img.mode == 'RGB'
 
 
+@pytest.mark.slow
 def test_network_override_samples_for_real(server, tmp_path):
     url = (server['folder'] / 'edm-cifar10-32x32-cond-vp.pkl').as_uri()      # file:// URL
     res = subprocess.run([sys.executable, 'example.py', f'--network={url}', '--dataset=cifar10', '--steps=2',
                           '--cols=2', f'--outdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert res.returncode == 0, res.stderr[-2000:]
-    with PIL.Image.open(tmp_path / 'cifar10-32x32.png') as img:
+    with PIL.Image.open(tmp_path / 'edm-cifar10-32x32-cond-vp.png') as img:  # Named after the network.
         pixels = np.asarray(img)
     assert pixels.shape == (320, 64, 3) and pixels.std() > 1      # 10 class rows x 2 columns, not blank.
 
 
+@pytest.mark.slow
 def test_missing_network_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, 'example.py', f'--network={tmp_path}/none.pkl', f'--outdir={tmp_path}'],
                          cwd=ROOT, capture_output=True, text=True)
@@ -100,6 +102,7 @@ def test_missing_network_is_one_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_bundled_demo_grid(tmp_path):
     assert os.path.getsize(demo.BUNDLED) <= 10 * 2 ** 20
     net = persistence.load_network(demo.BUNDLED)['ema']
@@ -114,3 +117,25 @@ def test_bundled_demo_grid(tmp_path):
     # Digits are bright strokes on black: every row (class) has ink, and rows differ from one another.
     assert all(row.mean() > 10 for row in rows)
     assert np.abs(rows[:, None] - rows[None]).mean(axis=(2, 3))[~np.eye(10, dtype=bool)].min() > 5
+
+
+def test_network_option_names_the_grid_after_the_network(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, 'edm_sampler', lambda net, latents, *a, **k: torch.zeros_like(latents))
+    names = []
+    for file in ('edm-ffhq-64x64-uncond-vp.pkl', 'edm-afhqv2-64x64-uncond-vp.pkl'):
+        res = CliRunner().invoke(example.main, [f'--network={(server["folder"] / file).as_uri()}',
+                                                f'--outdir={tmp_path}', '--steps=2'], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        names.append(file.replace('.pkl', '.png'))
+    assert sorted(os.listdir(tmp_path)) == sorted(names)  # Neither overwrote the other, nor digits-16x16.png.
+    assert demo.grid_name('digits', 'https://host/a/net%20x.pkl?x=1') == 'net_20x'
+    assert demo.grid_name('digits', '/x/.hidden.pkl') == 'hidden' and demo.grid_name('cifar10') == 'cifar10-32x32'
+
+
+def test_refuses_torchrun_with_one_line(tmp_path):
+    for rank, count in (('0', 1), ('1', 0)):
+        res = CliRunner().invoke(example.main, [f'--outdir={tmp_path}'], env=dict(WORLD_SIZE='2', RANK=rank))
+        errors = [line for line in res.output.splitlines() if line.startswith('Error')]
+        assert res.exit_code == 2 and len(errors) == count, res.output
+        assert not errors or errors[0] == 'Error: example.py runs as one process; start it with python, not torchrun'
+    assert os.listdir(tmp_path) == []

@@ -156,6 +156,7 @@ def test_stats_subset_and_grayscale(setup, tmp_path):
 # Command line (subprocess), torchrun.
 
 
+@pytest.mark.slow
 def test_cli_ref_calc_pipeline(setup):
     root = setup['root']
     ref = root / 'refs' / 'set.npz'
@@ -187,6 +188,7 @@ def test_cli_ref_calc_pipeline(setup):
     assert float(res.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(os.path.join(os.path.dirname(
     sys.executable), 'torchrun')), reason='torchrun not found')
 def test_torchrun_two_processes_match_one(setup):
@@ -206,6 +208,21 @@ def test_torchrun_two_processes_match_one(setup):
         # Same batches on 1 or 2 ranks (EDM's split), so only the float64 summation order differs.
         np.testing.assert_allclose(b['mu'], a['mu'], rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(b['sigma'], a['sigma'], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(os.path.join(os.path.dirname(
+    sys.executable), 'torchrun')), reason='torchrun not found')
+def test_torchrun_error_is_one_line_and_every_rank_exits_cleanly(setup):
+    torchrun = shutil.which('torchrun') or os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    res = subprocess.run([torchrun, '--standalone', '--nproc_per_node=2', 'fid.py', 'calc', f'--images={setup["zip"]}',
+                          f'--ref={setup["root"] / "missing.npz"}', f'--detector={setup["det_path"]}', '--device=cpu',
+                          '--workers=0'], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.splitlines() if line.startswith('Error')]
+    assert len(lines) == 1 and 'cannot load reference statistics' in lines[0], res.stderr
+    # The ranks leave the process group before exiting: no abort at exit (SIGABRT, "terminate called ...").
+    assert 'SIGABRT' not in res.stderr and 'terminate called' not in res.stderr, res.stderr
 
 # ----------------------------------------------------------------------------
 # Errors: one line, nothing written.
@@ -247,6 +264,7 @@ def test_error_detector_not_downloadable(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(fid, 'DEFAULT_DETECTOR_URL', 'http://127.0.0.1:9/inception-2015-12-05.pkl')
     line = error_line(run_cli(['ref', f'--data={setup["zip"]}', f'--dest={dest}', '--device=cpu', '--workers=0']))
     assert 'inception-2015-12-05.pkl' in line and 'pass the local file with --detector=PATH' in line
+    assert line.count('download it elsewhere') == 1  # One hint, not the download error's own as well.
     assert not dest.exists()
 
 
@@ -277,6 +295,84 @@ def test_error_mixed_sizes(setup, tmp_path, workers):
     assert not dest.exists() and os.listdir(tmp_path) == ['mixed']
 
 # ----------------------------------------------------------------------------
+# Hostile reference files: only mu and sigma are read, after their headers are checked.
+
+
+def _npz(path, members):
+    """An .npz written member by member (np.save format inside a zip)."""
+    import io
+    import zipfile
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_DEFLATED) as z:
+        for name, value in members.items():
+            if isinstance(value, bytes):
+                z.writestr(name + '.npy', value)
+            else:
+                buf = io.BytesIO()
+                np.save(buf, value, allow_pickle=True)
+                z.writestr(name + '.npy', buf.getvalue())
+    return str(path)
+
+
+def test_reference_extra_large_member_is_not_read(tmp_path):
+    import tracemalloc
+    mu, sigma = np.arange(DIM, dtype=np.float64), np.eye(DIM)
+    path = _npz(tmp_path / 'extra.npz', dict(mu=mu, sigma=sigma, junk=np.zeros(10 << 20)))  # 80 MiB, deflated
+    assert os.path.getsize(path) < 1 << 20
+    tracemalloc.start()
+    try:
+        got_mu, got_sigma = fid.load_reference_stats(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got_mu, mu)
+    np.testing.assert_array_equal(got_sigma, sigma)
+    assert peak < 2 << 20, f'peak {peak / 2 ** 20:.1f} MiB'
+
+
+def _npy_header(shape, descr='<f8'):
+    """The bytes of an .npy header announcing `shape` (version 1.0), without the data."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple(shape)}, }}"
+    header += ' ' * (63 - (len(header) + 10) % 64) + '\n'
+    return b'\x93NUMPY\x01\x00' + len(header).to_bytes(2, 'little') + header.encode()
+
+
+@pytest.mark.parametrize('members,message', [
+    (dict(mu=_npy_header([1 << 30]), sigma=np.eye(2)), 'announces [1073741824] values but holds'),
+    (dict(mu=np.zeros(2), sigma=_npy_header([2, 2]) + b'\0' * 5), 'sigma.npy is truncated'),
+    (dict(mu=np.array([None, 1], dtype=object), sigma=np.eye(2)), 'not floating point (mu is object)'),
+    (dict(mu=np.zeros(2), sigma=np.zeros((2, 2), dtype=[('a', '<f8')])), 'not floating point'),
+    (dict(mu=np.zeros(0), sigma=np.zeros((0, 0))), 'expected mu [D] and sigma [D, D]'),
+    (dict(mu=np.zeros(2), sigma=b'garbage'), 'cannot load reference statistics'),
+    (dict(mu=np.zeros(2), **{'s\x1b[2Kigma': np.eye(2)}), 'found keys: mu, s\\x1b[2Kigma'),
+])
+def test_reference_broken_members(tmp_path, members, message):
+    path = _npz(tmp_path / 'r.npz', members)
+    with pytest.raises(fid.InputError) as info:
+        fid.load_reference_stats(path)
+    assert message in str(info.value) and '\n' not in str(info.value)
+
+
+def test_reference_declared_size_beyond_archive(tmp_path):
+    path = _npz(tmp_path / 'r.npz', dict(mu=np.zeros(2), sigma=np.eye(2)))
+    from test_dataset import _patch_sizes  # pylint: disable=import-outside-toplevel
+    _patch_sizes(path, 'sigma.npy', 4000000000, 4000000000)
+    with pytest.raises(fid.InputError, match='more than the whole archive'):
+        fid.load_reference_stats(path)
+
+
+def test_ref_dest_checked_before_the_work(setup, tmp_path):
+    folder = tmp_path / 'existing'
+    folder.mkdir()
+    # The detector does not exist: a late check would report it (or compute first) instead of --dest.
+    for dest, message in ((folder, 'is a folder; give the name of the file to write'),
+                          (tmp_path / 'file' / 'r.npz', 'is a file, not a folder')):
+        (tmp_path / 'file').write_text('x')
+        line = error_line(run_cli(['ref', f'--data={setup["zip"]}', f'--dest={dest}', '--detector=/nonexistent.pt',
+                                   '--device=cpu', '--workers=0']))
+        assert '--dest' in line and message in line
+    assert os.listdir(folder) == []
+
+# ----------------------------------------------------------------------------
 # Help text.
 
 
@@ -291,6 +387,7 @@ def live_fid_help():
     return text
 
 
+@pytest.mark.slow
 def test_help_file_is_current():
     with open(os.path.join(ROOT, 'docs', 'fid-help.txt'), encoding='utf-8') as f:
         assert f.read() == live_fid_help(), 'docs/fid-help.txt is stale: regenerate with python tests/test_fid.py'

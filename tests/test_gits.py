@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixtures_dir
-
 import samplers
 from samplers import analytic
 from samplers.analytic import CountingNet
 from samplers.gits import gits_cost_matrix, gits_dp, teacher_trajectory
-
-
-@pytest.fixture(scope='module')
-def golden():
-    return torch.load(fixtures_dir('samplers', 'gits_reference_cases.pt'), weights_only=True)
 
 
 @pytest.fixture(scope='module')

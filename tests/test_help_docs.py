@@ -8,6 +8,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script,doc', [
     ('generate.py', 'generate-help.txt'), ('train.py', 'train-help.txt'), ('example.py', 'example-help.txt'),
     ('dataset_tool.py', 'dataset-tool-help.txt'), ('recompileNN.py', 'recompile-help.txt'),

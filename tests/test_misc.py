@@ -24,14 +24,6 @@ def test_stacked_generator_independent_of_batching():
     assert torch.equal(full, torch.cat(parts))
 
 
-def test_parse_int_list():
-    assert misc.parse_int_list('0-3,7, 9-10') == [0, 1, 2, 3, 7, 9, 10]
-    assert misc.parse_int_list('"0-2"') == [0, 1, 2]
-    for bad in ('', 'a', '3-1', '1,,2', '-1'):
-        with pytest.raises(ValueError):
-            misc.parse_int_list(bad)
-
-
 @pytest.mark.parametrize('n,batch,world', [(10, 3, 1), (10, 3, 2), (1000, 64, 3), (5, 64, 4)])
 def test_rank_batches_cover_every_item_once(n, batch, world):
     seen = []

@@ -116,7 +116,7 @@ def test_official_state_dict_keys():
 
 
 @pytest.mark.parametrize('cls,kwargs,params,keys,buffers', [
-    # Counts from the reference sheet (section 1.8), which were verified on the official code.
+    # Counts of NVlabs/edm's own networks built with these arguments (the official CIFAR-10, FFHQ, ImageNet configs).
     ('EDMPrecond', dict(img_resolution=32, label_dim=10, augment_dim=9, model_type='SongUNet', channel_mult=[2, 2, 2]),
      55735299, 427, 8),
     ('EDMPrecond', dict(img_resolution=32, label_dim=10, augment_dim=9, model_type='SongUNet', channel_mult=[2, 2, 2],
@@ -250,21 +250,60 @@ def test_jvp_matches_finite_difference(model):
     assert (jvp - skip_only).abs().max() > 0.1 * jvp.abs().max()
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
-@pytest.mark.parametrize('cls,kw', [('VPPrecond', SONG_SMALL), ('VEPrecond', NCSN_SMALL), ('iDDPMPrecond', ADM_SMALL)])
-def test_jvp_other_preconditioners(cls, kw):
-    net = _small_precond(getattr(networks, cls), **kw).double()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64)
-    vx = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64)
-    sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
+@pytest.mark.parametrize('kind', ['ddpmpp', 'ncsnpp', 'adm'])
+def test_raw_unet_jvp_matches_finite_difference(kind):
+    # Every input of the raw U-Net carries a tangent: image, noise label, class label, augmentation label.
+    torch.manual_seed(0)
+    if kind == 'adm':
+        net = networks.DhariwalUNet(8, 2, 3, label_dim=3, augment_dim=2, model_channels=64, channel_mult=[1, 2],
+                                    num_blocks=1, attn_resolutions=[4], dropout=0)
+    else:
+        kw = {k: v for k, v in (SONG_SMALL if kind == 'ddpmpp' else NCSN_SMALL).items() if k != 'model_type'}
+        net = networks.SongUNet(8, 2, 3, label_dim=3, augment_dim=2, **kw)
+    net = _randomize(net, 1).eval().double()
+    assert any(isinstance(m, networks.UNetBlock) and m.num_heads for m in net.modules())  # attention is exercised
+    g = torch.Generator().manual_seed(4)
+    primals = (torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64),
+               torch.tensor([-1.2, 0.7], dtype=torch.float64), torch.eye(3, dtype=torch.float64)[:2],
+               torch.randn(2, 2, generator=g, dtype=torch.float64))
+    tangents = tuple(torch.randn(p.shape, generator=g, dtype=torch.float64) for p in primals)
 
-    def f(x):
-        return net(x, sigma, torch.eye(3, dtype=torch.float64)[:2])
+    def f(x, noise, labels, aug):
+        return net(x, noise, labels, augment_labels=aug)
 
-    _, jvp = torch.func.jvp(f, (x,), (vx,))
+    y, jvp = torch.func.jvp(f, primals, tangents)
+    eps = 1e-6
     with torch.no_grad():
-        fd = (f(x + 1e-5 * vx) - f(x - 1e-5 * vx)) / 2e-5
-    assert ((jvp - fd).abs().max() / fd.abs().max()).item() < 1e-6
+        fd = (f(*[p + eps * t for p, t in zip(primals, tangents)])
+              - f(*[p - eps * t for p, t in zip(primals, tangents)])) / (2 * eps)
+        assert torch.equal(y, f(*primals))
+    rel = ((jvp - fd).abs().max() / fd.abs().max()).item()
+    assert rel <= 1e-5, rel
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
+@pytest.mark.parametrize('cls,kw', [('VPPrecond', SONG_SMALL), ('VEPrecond', NCSN_SMALL), ('iDDPMPrecond', ADM_SMALL),
+                                    ('EDMPrecond', dict(NCSN_SMALL, augment_dim=2))])
+def test_precond_jvp_matches_reverse_mode(cls, kw):
+    # float32, as sampled: <u, J v> from forward mode equals <J^T u, v> from reverse mode, tangents in x and sigma.
+    net = _small_precond(getattr(networks, cls), **kw)
+    g = torch.Generator().manual_seed(3)
+    x, vx = torch.randn(2, 2, 2, 8, 8, generator=g)
+    sigma, vs = torch.tensor([0.3, 2.0]), torch.randn(2, generator=g)
+    u = torch.randn(2, 2, 8, 8, generator=g)
+    labels = torch.eye(3)[:2]
+
+    def f(x, sigma):
+        return net(x, sigma, labels)
+
+    y, jvp = torch.func.jvp(f, (x, sigma), (vx, vs))
+    _, vjp_fn = torch.func.vjp(f, x, sigma)
+    gx, gs = vjp_fn(u)
+    lhs = (u.double() * jvp.double()).sum()
+    rhs = (gx.double() * vx.double()).sum() + (gs.double() * vs.double()).sum()
+    assert y.dtype == jvp.dtype == torch.float32
+    assert (lhs - rhs).abs() <= 1e-4 * lhs.abs(), (lhs, rhs)
+    assert lhs.abs() > 0.05 * u.norm() * jvp.norm() / np.sqrt(u.numel())  # not a cancelling inner product
 
 # ----------------------------------------------------------------------------
 # Schedules and round_sigma.

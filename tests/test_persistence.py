@@ -3,7 +3,6 @@ import importlib
 import io
 import os
 import pickle
-import subprocess
 import sys
 import textwrap
 
@@ -13,7 +12,16 @@ import torch
 from torch_utils import persistence
 from training import networks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's jvp decompositions
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny networks: on a busy 2-core machine a second OpenMP thread makes them (and forward-mode AD) much slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def small_net(**kwargs):
@@ -215,10 +223,9 @@ def test_recompile_cli(evil_pickle, tmp_path):
     src = tmp_path / 'official.pkl'
     src.write_bytes(data)
     dest = tmp_path / 'ckpts' / 'rebuilt.pkl'
-    res = subprocess.run([sys.executable, 'recompileNN.py', f'--pkl_dir=file://{src}', f'--dest={dest}'],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert 'difference' in res.stdout
+    res = run_recompile([f'--pkl_dir=file://{src}', f'--dest={dest}'])
+    assert res.exit_code == 0, res.output
+    assert 'Check state round trip: ok' in res.output and 'EMBEDDED CODE RAN' not in res.output
     rebuilt = dest.read_bytes()
     assert b'EMBEDDED CODE RAN' not in rebuilt and b'class SongUNet' in rebuilt
     assert torch.equal(outputs(net), outputs(persistence.load_network(str(dest), trust_pickle=True)['ema']))
@@ -246,3 +253,83 @@ def test_protocol_2_pickles_load():
     loaded = persistence.load_pickle(io.BytesIO(pickle.dumps(dict(ema=net, tags={'a'}), protocol=2)))
     assert loaded['tags'] == {'a'}
     assert torch.equal(outputs(net), outputs(loaded['ema']))
+
+# ----------------------------------------------------------------------------
+# recompileNN.py: rebuild + checks, on official-layout pickles made here (their embedded source is networks.py).
+
+
+def run_recompile(args):
+    from click.testing import CliRunner
+    import recompileNN
+    return CliRunner().invoke(recompileNN.main, args, catch_exceptions=True)
+
+
+def family_net(cls, **kwargs):
+    torch.manual_seed(0)
+    net = getattr(networks, cls)(img_resolution=8, img_channels=2, label_dim=3, dropout=0.0, **kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net.eval().requires_grad_(False)
+
+
+SONG = dict(model_type='SongUNet', model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+FAMILIES = {
+    'edm-ddpmpp': ('EDMPrecond', SONG),
+    've-ncsnpp': ('VEPrecond', dict(SONG, embedding_type='fourier', channel_mult_noise=2, encoder_type='residual',
+                                    resample_filter=[1, 3, 3, 1])),
+    'vp-ddpmpp': ('VPPrecond', SONG),
+    'iddpm-adm': ('iDDPMPrecond', dict(model_type='DhariwalUNet', model_channels=64, channel_mult=[1, 2],
+                                       num_blocks=1, attn_resolutions=[4])),
+}
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+@pytest.mark.parametrize('trust', [False, True])
+def test_recompile_round_trips_official_layout(family, trust, tmp_path):
+    cls, kwargs = FAMILIES[family]
+    net = family_net(cls, **kwargs)
+    src, dest = tmp_path / 'official.pkl', tmp_path / 'ckpts' / 'rebuilt.pkl'
+    src.write_bytes(pickle.dumps(dict(ema=net, loss_fn=None)))
+    res = run_recompile([f'--pkl_dir={src}', f'--dest={dest}'] + (['--trust-pickle'] if trust else []))
+    assert res.exit_code == 0, res.output
+    checks = [line.split(':')[0] for line in res.output.splitlines() if line.startswith('Check ')]
+    assert checks == ['Check finite output', 'Check deterministic', 'Check state round trip',
+                      'Check forward-mode AD'] + (['Check legacy match'] if trust else [])
+    assert f'Saved {dest}' in res.output and cls in res.output
+    loaded = persistence.load_network(str(dest))['ema']
+    assert type(loaded) is getattr(networks, cls) and loaded.init_kwargs == net.init_kwargs
+    x, sigma = torch.randn(2, 2, 8, 8), torch.tensor([0.5, 3.0])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, sigma, torch.eye(3)[:2]), net(x, sigma, torch.eye(3)[:2]))
+
+
+def test_recompile_refuses_a_broken_network(tmp_path):
+    from conftest import error_line
+    net = family_net('EDMPrecond', **SONG)
+    with torch.no_grad():
+        net.model.map_layer0.bias[0] = float('nan')
+    src, dest = tmp_path / 'nan.pkl', tmp_path / 'out.pkl'
+    src.write_bytes(pickle.dumps(dict(ema=net)))
+    line = error_line(run_recompile([f'--pkl_dir={src}', f'--dest={dest}']))
+    assert 'finite output' in line and 'not written' in line
+    assert not dest.exists() and os.listdir(tmp_path) == ['nan.pkl']  # nothing left behind
+
+
+def test_recompile_detects_legacy_mismatch(tmp_path, monkeypatch):
+    # Embedded source that computes something else: only the legacy (trusted) path runs it, and the check sees it.
+    from conftest import error_line
+    with open(networks.__file__, encoding='utf-8') as f:
+        src_text = f.read()
+    changed = src_text.replace('c_noise = sigma.log() / 4', 'c_noise = sigma.log() / 5')
+    assert changed != src_text
+    for cls in vars(networks).values():
+        if isinstance(cls, type) and persistence.is_persistent(cls):
+            monkeypatch.setattr(cls, '_orig_module_src', changed)
+    data = pickle.dumps(dict(ema=family_net('EDMPrecond', **SONG)))
+    monkeypatch.undo()
+    src, dest = tmp_path / 'other.pkl', tmp_path / 'out.pkl'
+    src.write_bytes(data)
+    assert run_recompile([f'--pkl_dir={src}', f'--dest={dest}']).exit_code == 0  # safe path: our classes
+    line = error_line(run_recompile([f'--pkl_dir={src}', f'--dest={tmp_path / "out2.pkl"}', '--trust-pickle']))
+    assert 'legacy match' in line and not (tmp_path / 'out2.pkl').exists()

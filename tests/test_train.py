@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -213,7 +214,8 @@ def test_overridden_noise_drives_training(data, tmp_path, uniform_precond):
 
 def test_resumed_fine_tune_keeps_its_ema_schedule(data, tmp_path):
     # A fine-tune has no EMA ramp-up; the resumed run (which cannot repeat --transfer) must continue without one.
-    assert run_train(f'--outdir={tmp_path / "src"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1)).exit_code == 0
+    res = run_train(f'--outdir={tmp_path / "src"}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1))
+    assert res.exit_code == 0, res.output
     source = os.path.join(only_run_dir(tmp_path / 'src'), 'network-snapshot-000000.pkl')
     common = [f'--data={data["cond"]}', '--cond=1', *TINY, '--ema=0.001', '--tick=1', '--snap=1', '--dump=1']
     assert run_train(f'--outdir={tmp_path / "full"}', *common, steps(4), f'--transfer={source}').exit_code == 0
@@ -262,19 +264,27 @@ ERRORS = [
     (['--data={cond}', '--resume={tmp}/training-state-000000.pt', '--transfer=x.pkl'], 'cannot be combined'),
     (['--data={tmp}/missing.zip'], 'no such file or directory'),
     (['--data={cond}', '--precond=sigma'], 'never published; supported: vp, ve, edm'),
-    (['--data={cond}', '--precond=fdm_edm'], 'not supported yet; supported: vp, ve, edm'),
-    (['--data={cond}', '--precond=cld'], 'not supported yet'),
-    (['--data={cond}', '--warmup_ite=200'], '--warmup_ite is not supported'),
-    (['--data={cond}', '--fdm_multipler=1'], '--fdm_multipler is not supported'),
-    (['--data={cond}', '--pfgmpp=1'], '--pfgmpp is not supported'),
-    (['--data={cond}', '--aug_dim=2048'], '--aug_dim is not supported'),
+    (['--data={cond}', '--precond=edm', '--fdm_multiplier=2'], '--fdm_multiplier applies to the FDM preconditioners'),
+    (['--data={cond}', '--precond=vp', '--pfgmpp=1'], '--pfgmpp=1 supports --precond=ve|edm'),
+    (['--data={cond}', '--precond=ve', '--stf=1'], '--stf (stable target field) is implemented for --precond=edm'),
     (['--data={cond}', '--dm_length=10'], 'meaning was never published'),
     (['--data={cond}', '--transfer={tmp}/none.pkl'], 'cannot load the network'),
+    (['--data={cond}', '--cres=0,1'], "'0,1': 0 is too small: every entry must be at least 1"),
+    (['--data={cond}', '--cres=1,x'], '"x" is not a non-negative integer (expected a comma-separated list like 1,2,2)'),
+    (['--data={cond}', '--cres=0-3'], 'not a non-negative integer (expected a comma-separated list'),
+    (['--data={hostile_labels}', '--cond=1'], 'is 1000000000000, expected a class index in 0..65535'),
 ]
 
 
 @pytest.mark.parametrize('args,message', ERRORS)
 def test_one_line_errors(data, tmp_path, args, message):
+    if any('{hostile_labels}' in a for a in args):
+        source = write_dataset(tiny_images(4)[0], str(tmp_path / 'good.zip'), labels=[0, 1, 2, 3])
+        data = dict(data, hostile_labels=str(tmp_path / 'hostile.zip'))
+        with zipfile.ZipFile(source) as good, zipfile.ZipFile(data['hostile_labels'], 'w') as z:
+            for name in good.namelist():
+                z.writestr(name, good.read(name) if name != 'dataset.json' else json.dumps(
+                    {'labels': [[f'00000/img{i:08d}.png', 10 ** 12] for i in range(4)]}))
     args = [a.format(tmp=tmp_path, **data) for a in args]
     res = run_train(f'--outdir={tmp_path / "out"}', *TINY, *args)
     assert res.exit_code != 0
@@ -308,6 +318,7 @@ def test_incompatible_resume_and_transfer_are_refused(data, tmp_path):
     assert not os.path.exists(tmp_path / 'b')
 
 
+@pytest.mark.slow
 def test_published_research_command_fails_with_one_line(data, tmp_path):
     # The 2nd-order SDE sampler project's training command (commands.md), scaled down to the tiny dataset.
     cmd = [sys.executable, 'train.py', f'--outdir={tmp_path}', f'--data={data["cond"]}', '--cond=1', '--arch=adm',
@@ -353,3 +364,54 @@ def test_published_edm_commands_validate(data, tmp_path, options):
     res = run_train(f'--outdir={tmp_path}', f'--data={data["cond"]}', *options.split(), '--dry-run')
     assert res.exit_code == 0, res.output
     assert 'Dry run' in res.output and os.listdir(tmp_path) == []
+
+
+def test_outdir_that_cannot_hold_the_run(data, tmp_path):
+    (tmp_path / 'file').write_text('x')
+    for outdir, message in ((tmp_path / 'file', 'is a file, not a folder'),
+                            (tmp_path / 'file' / 'sub', 'is a file, not a folder'),
+                            ('/proc/edmkit-test', '/proc does not accept new entries')):
+        res = run_train(f'--outdir={outdir}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1))
+        errors = [line for line in res.output.splitlines() if line.startswith('Error')]
+        assert res.exit_code == 2 and len(errors) == 1 and message in errors[0] and '--outdir' in errors[0], res.output
+
+
+def test_boolean_options_take_values(data, tmp_path):
+    for flags in (['--dry-run=True'], ['-n'], ['--dry-run=1', '--nosubdir=True']):
+        res = run_train(f'--outdir={tmp_path / "out"}', f'--data={data["cond"]}', '--cond=1', *TINY, *flags)
+        assert res.exit_code == 0 and 'Dry run' in res.output, res.output
+        run_dir = res.output.split('Output directory:', 1)[1].split('\n', 1)[0].strip()
+        assert (run_dir == str(tmp_path / 'out')) == ('--nosubdir=True' in flags)
+    assert not os.path.exists(tmp_path / 'out')
+    res = run_train(f'--outdir={tmp_path / "out"}', f'--data={data["cond"]}', '--cond=1', *TINY, '--dry-run=maybe')
+    assert res.exit_code == 2 and "'maybe' is not a boolean" in res.output
+
+
+def test_log_holds_the_options_printed_before_it_was_opened(data, tmp_path):
+    res = run_train(f'--outdir={tmp_path}', f'--data={data["cond"]}', '--cond=1', *TINY, steps(1), '--name=run')
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / 'run' / 'log.txt', encoding='utf-8') as f:
+        log = f.read()
+    start = res.output.index('Training options:')
+    assert log.startswith('\nTraining options:') and res.output[start - 1:].startswith(log[:2000])
+    assert 'Output directory:' in log and 'Creating output directory...' in log and 'Exiting...' in log
+
+
+def test_usage_errors_shown_by_rank_zero_only(data, tmp_path):
+    # A parsing error, and an invalid combination of options.
+    for args in (['--cres=0,1'], ['--batch=12', '--batch-gpu=8']):
+        for rank, count in (('0', 1), ('1', 0)):
+            res = CliRunner().invoke(train.main, [f'--outdir={tmp_path}', f'--data={data["cond"]}', *TINY, *args,
+                                                  '--dry-run'],
+                                     env=dict(RANK=rank, WORLD_SIZE='1'))  # One process that calls itself rank 1.
+            errors = [line for line in res.output.splitlines() if line.startswith('Error')]
+            assert res.exit_code != 0 and len(errors) == count, res.output
+
+
+def test_config_refuses_zero_channel_multipliers():
+    from training import config
+    for cres in ([0, 1], []):
+        with pytest.raises(config.ConfigError, match='every channel multiplier must be at least 1'):
+            config.build(data='d.zip', cres=cres)
+    with pytest.raises(config.ConfigError, match='--cbase=0 must be at least 1'):
+        config.build(data='d.zip', cbase=0)

@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import dnnlib
-
 from training.demo_data import write_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +19,7 @@ def final_state(outdir):
     return torch.load(os.path.join(outdir, name, 'training-state-000000.pt'), map_location='cpu', weights_only=True)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     rnd = np.random.RandomState(0)
     images = rnd.randint(0, 255, size=[16, 8, 8, 3]).astype(np.uint8)

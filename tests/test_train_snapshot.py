@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -51,6 +52,7 @@ def embedded_sources(path):
     return sources
 
 
+@pytest.mark.slow
 def test_snapshot_loads_without_this_project(tmp_path):
     rnd = np.random.RandomState(0)
     data = write_dataset(rnd.randint(0, 255, size=[8, 8, 8]).astype(np.uint8), str(tmp_path / 'd.zip'),

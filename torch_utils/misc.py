@@ -1,4 +1,4 @@
-"""Small helpers: per-seed random generators, integer-list parsing, parameter copying, DDP checks."""
+"""Small helpers: per-seed random generators, parameter copying, DDP checks."""
 
 import re
 
@@ -32,31 +32,6 @@ class StackedRandomGenerator:
     def randint(self, *args, size, **kwargs):
         assert size[0] == len(self.generators)
         return torch.stack([torch.randint(*args, size=size[1:], generator=gen, **kwargs) for gen in self.generators])
-
-# ----------------------------------------------------------------------------
-
-
-def parse_int_list(s):
-    """'1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10]. Raises ValueError with a readable message."""
-    if isinstance(s, (list, tuple)):
-        return [int(v) for v in s]
-    result = []
-    text = str(s).strip().strip('"\'')
-    if not text:
-        raise ValueError('empty list')
-    for part in text.split(','):
-        part = part.strip()
-        match = re.fullmatch(r'(\d+)\s*-\s*(\d+)', part)
-        if match:
-            lo, hi = int(match.group(1)), int(match.group(2))
-            if hi < lo:
-                raise ValueError(f'range "{part}" is empty (end before start)')
-            result.extend(range(lo, hi + 1))
-        elif re.fullmatch(r'\d+', part):
-            result.append(int(part))
-        else:
-            raise ValueError(f'"{part}" is not a non-negative integer or a range like 0-63')
-    return result
 
 # ----------------------------------------------------------------------------
 

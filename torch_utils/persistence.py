@@ -190,6 +190,10 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The file references a global that the safe loader does not allow."""
 
 
+class NotANetworkError(pickle.UnpicklingError):
+    """The file was read, but it holds no network under 'ema'."""
+
+
 class _PersistentStub:
     """What the safe unpickler makes of `_reconstruct_persistent_obj(meta)`: data only, nothing executed."""
 
@@ -385,17 +389,21 @@ def load_pickle(file, trust_pickle=False):
 
 
 def load_network(path_or_url, trust_pickle=False, cache=True):
-    """Load a checkpoint (official EDM pickle or this project's snapshot) from a path or URL.
+    """Load a checkpoint (official EDM pickle, this project's snapshot, or a ``torch.save`` zip file such as
+    PFGM++'s ``training-state-*.pt``, read by :mod:`torch_utils.torchzip`) from a path or URL.
 
     Returns the checkpoint dictionary: ``'ema'`` and, for training snapshots, ``'loss_fn'``,
-    ``'augment_pipe'`` and ``'dataset_kwargs'``.
+    ``'augment_pipe'`` and ``'dataset_kwargs'``. Raises :class:`NotANetworkError` for a file without a network.
     """
     import dnnlib
+    from . import torchzip
     with dnnlib.util.open_url(path_or_url, cache=cache) as f:
-        data = load_pickle(f, trust_pickle=trust_pickle)
+        try:   # torch.save zip files (PFGM++'s training-state-*.pt) or plain pickles.
+            data = torchzip.load(f, trust_pickle) if torchzip.is_zip(f) else load_pickle(f, trust_pickle=trust_pickle)
+        except NotANetworkError as e:
+            raise NotANetworkError(f'{path_or_url}: {e}') from None
     if isinstance(data, torch.nn.Module):   # A bare network pickle.
         data = dict(ema=data)
     if not isinstance(data, dict) or not isinstance(data.get('ema'), torch.nn.Module):
-        raise pickle.UnpicklingError(f'{path_or_url}: not a network checkpoint (expected a dict whose "ema" is a '
-                                     'network)')
+        raise NotANetworkError(f'{path_or_url}: not a network checkpoint (expected a dict whose "ema" is a network)')
     return data

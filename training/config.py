@@ -9,6 +9,8 @@ import os
 import re
 
 import dnnlib
+from dnnlib.cli import one_line
+from training.cld import CLD
 
 # ----------------------------------------------------------------------------
 # Registries.
@@ -22,19 +24,30 @@ ARCHS = {
     'adm': dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1, 2, 3, 4]),
 }
 
-# Formulations (EDM Table 1): --precond name -> preconditioner, loss, and fixed keyword arguments of each.
+# Formulations (EDM Table 1; FDM, Wu et al. 2023): --precond name -> preconditioner, loss, fixed keyword arguments
+# of each, and the research options the formulation takes (`options`: 'fdm' = --fdm_multiplier, 'pfgmpp' =
+# --pfgmpp/--aug_dim, 'stf' = --stf/--rbatch; --warmup_ite works with every loss).
 PRECONDS = {
-    'vp': dict(network='training.networks.VPPrecond', loss='training.loss.VPLoss', network_kwargs={}, loss_kwargs={}),
-    've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={}),
+    'vp': dict(network='training.networks.VPPrecond', loss='training.loss.VPLoss', network_kwargs={}, loss_kwargs={},
+               options=()),
+    've': dict(network='training.networks.VEPrecond', loss='training.loss.VELoss', network_kwargs={}, loss_kwargs={},
+               options=('pfgmpp',)),
     'edm': dict(network='training.networks.EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={},
-                loss_kwargs={}),
+                loss_kwargs={}, options=('pfgmpp', 'stf')),
+    'fdm_edm': dict(network='training.networks.FDM_EDMPrecond', loss='training.loss.EDMLoss', network_kwargs={},
+                    loss_kwargs={}, options=('fdm',)),
+    'fdm_vp': dict(network='training.networks.FDM_VPPrecond', loss='training.loss.VPLoss', network_kwargs={},
+                   loss_kwargs={}, options=('fdm',)),
+    'fdm_ve': dict(network='training.networks.FDM_VEPrecond', loss='training.loss.VELoss', network_kwargs={},
+                   loss_kwargs={}, options=('fdm',)),
+    # CLD in gDDIM's noise parameterisation (docs/cld_gddim.md): the U-Net gets 2C channels. The process's
+    # parameters (gDDIM's CIFAR-10 setting) are written out, so that snapshots and training options carry them.
+    'cld': dict(network='training.cld.CLDPrecond', loss='training.cld.CLDLoss', network_kwargs=CLD().params(),
+                loss_kwargs=CLD().params(), options=()),
 }
-
-# Formulations of the united projects that are planned but not implemented yet.
-PLANNED_PRECONDS = {
-    'fdm_edm': 'FDM (sail-sg/FDM)', 'fdm_vp': 'FDM (sail-sg/FDM)', 'fdm_ve': 'FDM (sail-sg/FDM)',
-    'cld': 'CLD (critically-damped Langevin, gDDIM)',
-}
+FDM_MULTIPLIER = 2.0    # FDM train.py's default --fdm_multiplier.
+PFGMPP_AUG_DIM = 128    # PFGM++ train.py's default --aug_dim.
+STF_RBATCH = 4096       # PFGM++ train.py's default --rbatch.
 
 # Augmentation used with --augment=P (EDM train.py): 9 augment labels.
 AUGMENT_KWARGS = dict(class_name='training.augment.AugmentPipe', xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1,
@@ -48,13 +61,15 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------
 
 
+def _supporting(option):
+    return '|'.join(name for name, entry in PRECONDS.items() if option in entry.get('options', ()))
+
+
 def check_precond(name):
     """Validate a --precond value; returns it or raises ConfigError naming the supported choices."""
     supported = ', '.join(PRECONDS)
     if name in PRECONDS:
         return name
-    if name in PLANNED_PRECONDS:
-        raise ConfigError(f'--precond={name} ({PLANNED_PRECONDS[name]}) is not supported yet; supported: {supported}')
     if name == 'sigma':
         raise ConfigError('--precond=sigma is a research option whose meaning was never published; '
                           f'supported: {supported}')
@@ -64,13 +79,29 @@ def check_precond(name):
 def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch=512, batch_gpu=None, cbase=None,
           cres=None, lr=10e-4, lr_rampup=10, ema=0.5, dropout=0.13, augment=0.12, xflip=False, fp16=False, ls=1,
           bench=True, cache=True, workers=1, tick=50, snap=50, dump=500, seed=0, transfer=None, resume=None,
-          per_sample_rng=False, world_size=1):
+          per_sample_rng=False, warmup_ite=None, fdm_multiplier=None, pfgmpp=False, aug_dim=None, stf=False,
+          rbatch=None, world_size=1):
     """The training_loop keyword arguments for these options (EDM train.py); no file is touched."""
     check_precond(precond)
+    options = PRECONDS[precond].get('options', ())
+    if fdm_multiplier is not None and 'fdm' not in options:
+        raise ConfigError(f'--fdm_multiplier applies to the FDM preconditioners (--precond={_supporting("fdm")}), '
+                          f'not to --precond={precond}')
+    if pfgmpp and 'pfgmpp' not in options:
+        raise ConfigError(f'--pfgmpp=1 supports --precond={_supporting("pfgmpp")} (the PFGM++ code never wired '
+                          f'--precond={precond}); use --pfgmpp=0 with it')
+    if stf and 'stf' not in options:
+        raise ConfigError(f'--stf (stable target field) is implemented for --precond={_supporting("stf")} only')
+    if warmup_ite is not None and warmup_ite < 0:
+        raise ConfigError(f'--warmup_ite={warmup_ite} must be positive (0 = no warm-up)')
     if arch not in ARCHS:
         raise ConfigError(f'--arch={arch} is unknown; supported: {", ".join(ARCHS)}')
     if transfer is not None and resume is not None:
         raise ConfigError('--transfer/--pretrain and --resume cannot be combined (resume continues its own run)')
+    if cres is not None and (len(cres) == 0 or any(int(m) < 1 for m in cres)):
+        raise ConfigError(f'--cres={",".join(str(m) for m in cres)}: every channel multiplier must be at least 1')
+    if cbase is not None and cbase < 1:
+        raise ConfigError(f'--cbase={cbase} must be at least 1')
     if batch < 1 or (batch_gpu is not None and batch_gpu < 1):
         raise ConfigError('--batch and --batch-gpu must be positive')
     if batch % world_size:
@@ -101,6 +132,16 @@ def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch
         c.network_kwargs.channel_mult = list(cres)
     c.network_kwargs.update(dropout=dropout, use_fp16=fp16)
     c.loss_kwargs = dnnlib.EasyDict(class_name=PRECONDS[precond]['loss'], **PRECONDS[precond]['loss_kwargs'])
+    if 'fdm' in options:        # FDM train.py: the multiplier goes to every FDM preconditioner (VE-FDM ignores it).
+        c.network_kwargs.fdm_multiplier = FDM_MULTIPLIER if fdm_multiplier is None else fdm_multiplier
+    if warmup_ite:              # FDM's loss-weight warm-up, in optimizer steps.
+        c.loss_kwargs.warmup_ite = warmup_ite
+    if pfgmpp:                  # PFGM++: the network records D, the loss draws the kernel in N + D dimensions.
+        D = PFGMPP_AUG_DIM if aug_dim is None else aug_dim
+        c.network_kwargs.update(pfgmpp=True, D=D)
+        c.loss_kwargs.update(pfgmpp=True, D=D)
+    if stf:
+        c.loss_kwargs.update(stf=True, rbatch=STF_RBATCH if rbatch is None else rbatch)
     c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=lr, betas=[0.9, 0.999], eps=1e-8)
     c.augment_kwargs = None
     if augment:
@@ -133,7 +174,7 @@ def check_dataset(c):
         resolution, channels, size = dataset.resolution, dataset.num_channels, len(dataset)
         has_labels = dataset.has_labels
     except (IOError, OSError, ValueError, AssertionError) as e:
-        raise ConfigError(f'--data={path}: {_first_line(e)}') from e
+        raise ConfigError(f'--data={path}: {one_line(e)}') from e
     if c.dataset_kwargs.use_labels and not has_labels:
         raise ConfigError(f'--cond=1 needs class labels, but {path} has none (no "labels" in dataset.json); '
                           'use --cond=0 or a labelled dataset')
@@ -146,10 +187,6 @@ def check_dataset(c):
     c.dataset_info = dnnlib.EasyDict(resolution=resolution, channels=channels, label_dim=label_dim, size=size)
     return dataset.name
 
-
-def _first_line(e):
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 # ----------------------------------------------------------------------------
 # Run directory.

@@ -2,19 +2,31 @@
 
 `Dataset` holds what every dataset shares (index subset, x-flips, labels, cache); `ImageFolderDataset` reads
 the images. Items are ``(uint8 CHW numpy array, float32 label)``; the training loop maps pixels with
-``x / 127.5 - 1``.
+``x / 127.5 - 1``. `archive_name` and `encode_png` write the same layout (dataset_tool.py,
+training/demo_data.py).
+
+Unusable files raise `dnnlib.util.InputError` (one line naming the file and the problem). A file cannot make the
+reader allocate far more than it stores: zip entries and decoded images are checked against `dnnlib.limits`, and
+class labels are capped at `MAX_CLASSES`. `parse_labels` is the one reader of ``dataset.json`` (also used by
+dataset_tool.py).
 
 Worker safety: a zip archive is opened lazily by each process that reads from it (DataLoader workers included)
 and the open handle is never pickled, so datasets can be handed to worker processes (fork or spawn).
 """
 
+import io
 import json
+import math
 import os
 import zipfile
 
 import numpy as np
 import PIL.Image
 import torch
+
+from dnnlib import limits
+from dnnlib.cli import one_line
+from dnnlib.util import InputError, printable
 
 try:
     import pyspng
@@ -73,12 +85,13 @@ class Dataset(torch.utils.data.Dataset):
                 labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
             labels = np.asarray(labels)
             if labels.shape[0] != self._raw_shape[0]:
-                raise IOError(f'{self._name}: {labels.shape[0]} labels for {self._raw_shape[0]} images')
+                raise InputError(f'{self._name}: {labels.shape[0]} labels for {self._raw_shape[0]} images')
             if labels.dtype == np.int64:
-                if labels.ndim != 1 or (labels.size and labels.min() < 0):
-                    raise IOError(f'{self._name}: class labels must be non-negative integers, one per image')
+                if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= MAX_CLASSES)):
+                    raise InputError(f'{self._name}: class labels must be integers in 0..{MAX_CLASSES - 1}, one per '
+                                     'image')
             elif labels.dtype != np.float32 or labels.ndim != 2:
-                raise IOError(f'{self._name}: labels must be integer classes or float vectors')
+                raise InputError(f'{self._name}: labels must be integer classes or float vectors')
             self._raw_labels = labels
         return self._raw_labels
 
@@ -170,8 +183,57 @@ class Dataset(torch.utils.data.Dataset):
         return self._get_raw_labels().dtype == np.int64
 
 
-class ImageShapeError(ValueError):
+class ImageShapeError(InputError):
     """An image whose size or channel count differs from the dataset's (the message is one line)."""
+
+# ----------------------------------------------------------------------------
+# dataset.json.
+
+MAX_CLASSES = 1 << 16   # Class labels are one-hot vectors of length max + 1: 65536 classes at most.
+
+
+def _label_kind(label):
+    """'class' for an int, the length for a vector of numbers, None for anything else."""
+    if type(label) is int:
+        return 'class' if 0 <= label < MAX_CLASSES else None
+    if type(label) is list and all(type(v) in (int, float) and math.isfinite(v) for v in label):
+        return len(label)
+    return None
+
+
+def parse_labels(text, where):
+    """The labels of a ``dataset.json`` text: {file name: label}, or None for ``{"labels": null}`` or no
+    "labels". A label is a class index in 0..MAX_CLASSES-1 or a vector of finite numbers; all labels have the same
+    kind. Raises InputError naming `where` for anything else."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        reason = 'nested too deeply' if isinstance(e, RecursionError) else printable(one_line(e))
+        raise InputError(f'{printable(where)}: not valid JSON ({reason})') from None
+    if not isinstance(data, dict):
+        raise InputError(f'{printable(where)}: expected an object {{"labels": ...}}, found a JSON '
+                         f'{type(data).__name__}')
+    labels = data.get('labels')
+    if labels is None:
+        return None
+    if not isinstance(labels, list):
+        raise InputError(f'{printable(where)}: "labels" must be a list of [file name, label] pairs or null, found a '
+                         f'JSON {type(labels).__name__}')
+    result, kind = {}, None
+    for entry in labels:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise InputError(f'{printable(where)}: "labels" must be a list of [file name, label] pairs; found '
+                             f'{printable(json.dumps(entry), 60)}')
+        name, label = entry
+        this = _label_kind(label)
+        if this is None or (kind is not None and this != kind):
+            expected = 'a class index' if kind == 'class' else f'a vector of {kind} numbers' if kind is not None \
+                else f'a class index in 0..{MAX_CLASSES - 1} or a vector of finite numbers'
+            raise InputError(f'{printable(where)}: the label of {printable(name, 80)} is '
+                             f'{printable(json.dumps(label), 60)}, expected {expected}')
+        kind = this
+        result[name] = label
+    return result
 
 # ----------------------------------------------------------------------------
 
@@ -184,8 +246,8 @@ class ImageFolderDataset(Dataset):
     """Images from a folder (walked recursively) or a ``.zip``, in sorted file-name order.
 
     Labels come from the root ``dataset.json`` (``{"labels": [[relative/path.png, label], ...]}``; integer
-    classes or lists of floats). `resolution`, when given, must match the images (IOError otherwise).
-    PNGs are decoded with pyspng when it is installed (and `use_pyspng`), else with PIL.
+    classes or lists of floats, see `parse_labels`). `resolution`, when given, must match the images. PNGs are
+    decoded with pyspng when it is installed (and `use_pyspng`), else with PIL. Problems raise InputError.
     """
 
     def __init__(self, path, resolution=None, use_pyspng=True, **super_kwargs):
@@ -195,7 +257,7 @@ class ImageFolderDataset(Dataset):
         self._zipfile_pid = None
 
         if not os.path.exists(path):
-            raise IOError(f'{path}: no such folder or zip file')
+            raise InputError(f'{printable(path)}: no such folder or zip file')
         if os.path.isdir(path):
             self._type = 'dir'
             self._all_fnames = {os.path.relpath(os.path.join(root, fname), start=path)
@@ -204,32 +266,42 @@ class ImageFolderDataset(Dataset):
             self._type = 'zip'
             try:
                 self._all_fnames = set(self._get_zipfile().namelist())
-            except (zipfile.BadZipFile, OSError) as e:
-                raise IOError(f'{path}: cannot read zip archive ({e})') from None
+            except Exception as e:  # pylint: disable=broad-except
+                raise InputError(f'{printable(path)}: cannot read zip archive ({printable(one_line(e))})') from None
         else:
-            raise IOError(f'{path}: the dataset path must be a folder or a .zip file')
+            raise InputError(f'{printable(path)}: the dataset path must be a folder or a .zip file')
 
         PIL.Image.init()
         self._image_fnames = sorted(f for f in self._all_fnames if _ext(f) in PIL.Image.EXTENSION)
         if len(self._image_fnames) == 0:
-            raise IOError(f'{path}: no image files found')
+            raise InputError(f'{printable(path)}: no image files found')
         name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
         raw_shape = [len(self._image_fnames)] + list(self._load_raw_image(0).shape)
         if resolution is not None and (raw_shape[2] != resolution or raw_shape[3] != resolution):
-            raise IOError(f'{path}: images are {raw_shape[3]}x{raw_shape[2]}, but resolution={resolution} was asked')
+            raise InputError(f'{printable(path)}: images are {raw_shape[3]}x{raw_shape[2]}, but resolution='
+                             f'{resolution} was asked')
         super().__init__(name=name, raw_shape=raw_shape, **super_kwargs)
 
     def _get_zipfile(self):
         if self._zipfile is None or self._zipfile_pid != os.getpid():
             # A handle inherited through fork shares its file offset with the parent: open a fresh one.
             self._zipfile = zipfile.ZipFile(self._path)
+            self._zipfile_size = os.path.getsize(self._path)
             self._zipfile_pid = os.getpid()
         return self._zipfile
 
-    def _open_file(self, fname):
-        if self._type == 'dir':
-            return open(os.path.join(self._path, fname), 'rb')
-        return self._get_zipfile().open(fname, 'r')
+    def _read_file(self, fname):
+        """The bytes of a file of the dataset (a zip entry within the limits of `dnnlib.limits`)."""
+        where = os.path.join(self._path, fname) if self._type == 'dir' else f'{self._path}:{fname}'
+        try:
+            if self._type == 'dir':
+                with open(where, 'rb') as f:
+                    return f.read()
+            return limits.read_zip_member(self._get_zipfile(), fname, where, self._zipfile_size)
+        except InputError:
+            raise
+        except Exception as e:  # pylint: disable=broad-except
+            raise InputError(f'{printable(where)}: cannot read ({printable(one_line(e))})') from None
 
     def close(self):
         try:
@@ -243,18 +315,17 @@ class ImageFolderDataset(Dataset):
         return dict(super().__getstate__(), _zipfile=None, _zipfile_pid=None)
 
     def _describe(self, raw_idx):
-        return os.path.join(self._path, self._image_fnames[raw_idx])
+        return printable(os.path.join(self._path, self._image_fnames[raw_idx]))
 
     def _load_raw_image(self, raw_idx):
         fname = self._image_fnames[raw_idx]
         try:
-            with self._open_file(fname) as f:
-                if self._use_pyspng and pyspng is not None and _ext(fname) == '.png':
-                    image = pyspng.load(f.read())
-                else:
-                    image = np.array(PIL.Image.open(f))
+            data = self._read_file(fname)
+            image = decode_image(data, self._describe(raw_idx), use_pyspng=self._use_pyspng and _ext(fname) == '.png')
+        except InputError:
+            raise
         except Exception as e:  # pylint: disable=broad-except
-            raise IOError(f'{self._describe(raw_idx)}: cannot read image ({" ".join(str(e).split())})') from None
+            raise InputError(f'{self._describe(raw_idx)}: cannot read image ({printable(one_line(e))})') from None
         if image.ndim == 2:
             image = image[:, :, np.newaxis]  # HW => HWC
         return image.transpose(2, 0, 1)  # HWC => CHW
@@ -263,14 +334,42 @@ class ImageFolderDataset(Dataset):
         fname = 'dataset.json'
         if fname not in self._all_fnames:
             return None
-        with self._open_file(fname) as f:
-            labels = json.load(f).get('labels')
+        labels = parse_labels(self._read_file(fname), f'{self._path}:{fname}' if self._type == 'zip' else
+                              os.path.join(self._path, fname))
         if labels is None:
             return None
-        labels = dict(labels)
         missing = [f for f in self._image_fnames if f.replace('\\', '/') not in labels]
         if missing:
-            raise IOError(f'{self._path}: dataset.json has no label for {missing[0]} '
-                          f'({len(missing)} image(s) without a label)')
-        labels = np.array([labels[f.replace('\\', '/')] for f in self._image_fnames])
-        return labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
+            raise InputError(f'{printable(self._path)}: dataset.json has no label for {printable(missing[0])} '
+                             f'({len(missing)} image(s) without a label)')
+        labels = [labels[f.replace('\\', '/')] for f in self._image_fnames]
+        return np.array(labels, dtype=np.int64 if type(labels[0]) is int else np.float32)
+
+
+def decode_image(data, where, use_pyspng=False):
+    """Decode image bytes into a uint8 HW or HWC array, refusing images whose decoded size exceeds the limit of
+    `dnnlib.limits` for these bytes (checked from the header, before decoding)."""
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        limits.check_expansion(where, 'the decoded image', len(data), width * height * max(len(image.getbands()), 1))
+        if not (use_pyspng and pyspng is not None):
+            image.load()
+            return np.array(image)
+    return pyspng.load(data)
+
+# ----------------------------------------------------------------------------
+# Writing the layout (dataset_tool.py and small in-memory datasets).
+
+
+def archive_name(index):
+    """EDM's name for image number `index`: the first five digits of the 8-digit index name the sub-folder."""
+    digits = f'{index:08d}'
+    return f'{digits[:5]}/img{digits}.png'
+
+
+def encode_png(img):
+    """Uncompressed PNG bytes (compress_level=0), mode L for 2-D uint8 arrays and RGB for [H, W, 3]."""
+    image = PIL.Image.fromarray(img, 'L' if img.ndim == 2 else 'RGB')
+    buf = io.BytesIO()
+    image.save(buf, format='png', compress_level=0, optimize=False)
+    return buf.getvalue()

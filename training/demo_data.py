@@ -15,6 +15,9 @@ import click
 import numpy as np
 import PIL.Image
 
+from dnnlib.util import atomic_path
+from training.dataset import archive_name, encode_png
+
 # ----------------------------------------------------------------------------
 
 
@@ -23,8 +26,6 @@ def write_dataset(images, dest, labels=None):
 
     The zip is written under a temporary name and renamed when complete.
     """
-    from dataset_tool import archive_name, encode_png
-    from dnnlib.util import atomic_path
     images = np.asarray(images, dtype=np.uint8)
     names = [archive_name(i) for i in range(len(images))]
     meta = dict(labels=None if labels is None else [[name, int(label)] for name, label in zip(names, labels)])

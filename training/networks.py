@@ -473,27 +473,8 @@ class _Precond(torch.nn.Module):
         return c_skip * x + c_out * F_x[:, :self.img_channels].to(io_dtype)  # EDM eq. 7
 
 
-@persistence.persistent_class
-class VPPrecond(_Precond):
-    """Variance preserving (Song et al., ICLR 2021; EDM Table 1, "VP")."""
-
-    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, beta_d=19.9, beta_min=0.1, M=1000,
-                 epsilon_t=1e-5, model_type='SongUNet', **model_kwargs):
-        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
-        self.beta_d = beta_d
-        self.beta_min = beta_min
-        self.M = M
-        self.epsilon_t = epsilon_t
-        # Computed in float32 on the CPU as in EDM (sigma_min = 0.0009765625), also inside `with torch.device('meta')`.
-        self.sigma_min = float(self._sigma(torch.tensor(epsilon_t, device='cpu')))
-        self.sigma_max = float(self._sigma(torch.tensor(1.0, device='cpu')))
-
-    def scalings(self, sigma):
-        c_skip = 1  # EDM Table 1, VP c_skip
-        c_out = -sigma  # EDM Table 1, VP c_out
-        c_in = 1 / (sigma ** 2 + 1).sqrt()  # EDM Table 1, VP c_in
-        c_noise = (self.M - 1) * self.sigma_inv(sigma)  # EDM Table 1, VP c_noise
-        return c_skip, c_out, c_in, c_noise
+class _VPTime:
+    """The VP noise schedule sigma(t) and its inverse (EDM Table 1, "VP"), shared by VPPrecond and FDM_VPPrecond."""
 
     def sigma(self, t):
         return self._sigma(torch.as_tensor(t))
@@ -506,20 +487,46 @@ class VPPrecond(_Precond):
         # Inverse of the VP sigma(t) of EDM Table 1 (root of beta_d t^2 / 2 + beta_min t = ln(1 + sigma^2))
         return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
 
+    def _vp_range(self, beta_d, beta_min, M, epsilon_t):
+        self.beta_d = beta_d
+        self.beta_min = beta_min
+        self.M = M
+        self.epsilon_t = epsilon_t
+        # Computed in float32 on the CPU as in EDM (sigma_min = 0.0009765625), also inside `with torch.device('meta')`.
+        self.sigma_min = float(self._sigma(torch.tensor(epsilon_t, device='cpu')))
+        self.sigma_max = float(self._sigma(torch.tensor(1.0, device='cpu')))
+
+    def _vp_scalings(self, sigma):
+        c_noise = (self.M - 1) * self.sigma_inv(sigma)  # EDM Table 1, VP: c_skip = 1, c_out = -sigma, c_noise
+        return 1, -sigma, 1 / (sigma ** 2 + 1).sqrt(), c_noise
+
+
+@persistence.persistent_class
+class VPPrecond(_VPTime, _Precond):
+    """Variance preserving (Song et al., ICLR 2021; EDM Table 1, "VP")."""
+
+    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, beta_d=19.9, beta_min=0.1, M=1000,
+                 epsilon_t=1e-5, model_type='SongUNet', **model_kwargs):
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self._vp_range(beta_d, beta_min, M, epsilon_t)
+
+    def scalings(self, sigma):
+        return self._vp_scalings(sigma)  # EDM Table 1, VP c_skip, c_out, c_in, c_noise
+
 
 @persistence.persistent_class
 class VEPrecond(_Precond):
-    """Variance exploding (Song et al., ICLR 2021; EDM Table 1, "VE")."""
+    """Variance exploding (Song et al., ICLR 2021; EDM Table 1, "VE"). `pfgmpp`, `D`: see EDMPrecond."""
 
     def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0.02, sigma_max=100,
-                 model_type='SongUNet', **model_kwargs):
+                 model_type='SongUNet', pfgmpp=False, D=128, **model_kwargs):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
+        _record_aug_dim(self, pfgmpp, D)
 
     def scalings(self, sigma):
-        c_noise = (0.5 * sigma).log()  # EDM Table 1, VE: c_skip = 1, c_out = sigma, c_in = 1
-        return 1, sigma, 1, c_noise
+        return _ve_scalings(sigma)  # EDM Table 1, VE
 
 
 @persistence.persistent_class
@@ -587,21 +594,111 @@ class iDDPMPrecond(_Precond):
 
 @persistence.persistent_class
 class EDMPrecond(_Precond):
-    """EDM preconditioning (Karras et al. 2022, Table 1 and Sec. 5)."""
+    """EDM preconditioning (Karras et al. 2022, Table 1 and Sec. 5).
+
+    `pfgmpp`, `D`: the network was trained with PFGM++'s perturbation kernel in D augmented dimensions (Xu et al.
+    2023); recorded for sampling (the prior at r_max = sigma_max sqrt(D)), with no effect on D(x; sigma).
+    """
 
     def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0, sigma_max=float('inf'),
-                 sigma_data=0.5, model_type='DhariwalUNet', **model_kwargs):
+                 sigma_data=0.5, model_type='DhariwalUNet', pfgmpp=False, D=128, **model_kwargs):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
+        _record_aug_dim(self, pfgmpp, D)
 
     def scalings(self, sigma):
-        sd = self.sigma_data
-        c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)  # EDM Table 1, c_skip
-        c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()  # EDM Table 1, c_out
-        c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()  # EDM Table 1, c_in
-        c_noise = sigma.log() / 4  # EDM Table 1, c_noise
-        return c_skip, c_out, c_in, c_noise
+        return _edm_scalings(sigma, self.sigma_data)
+
+
+def _edm_scalings(sigma, sd):
+    c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)  # EDM Table 1, c_skip
+    c_out = sigma * sd / (sigma ** 2 + sd ** 2).sqrt()  # EDM Table 1, c_out
+    c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()  # EDM Table 1, c_in
+    c_noise = sigma.log() / 4  # EDM Table 1, c_noise
+    return c_skip, c_out, c_in, c_noise
+
+
+def _ve_scalings(sigma):
+    return 1, sigma, 1, (0.5 * sigma).log()  # EDM Table 1, VE: c_skip = 1, c_out = sigma, c_in = 1, c_noise
+
+
+def _record_aug_dim(net, pfgmpp, D):
+    # PFGM++ (Xu et al. 2023): N data dimensions augmented by D; D is recorded only for a PFGM++ network.
+    net.pfgmpp = bool(pfgmpp)
+    net.D = int(D) if pfgmpp else None
+    net.N = net.img_channels * net.img_resolution ** 2
+
+# ----------------------------------------------------------------------------
+# FDM (Wu et al. 2023, "Fast Diffusion Model"): the baseline scalings with c_in replaced by the critically damped
+# factor gamma(sigma) = (1 + B) e^-B, B = m (beta_min t + beta_d t^2 / 2), t = (sigma - sigma_min) / (sigma_max -
+# sigma_min) linear in sigma (see docs/fdm_pfgmpp.md). Class and argument names are those of the FDM code, so its
+# checkpoints load by name.
+
+
+class _FDMInput:
+    """The momentum factor gamma(sigma) of FDM, from the preconditioner's own sigma range."""
+
+    def _fdm_args(self, fdm_beta_d, fdm_beta_min, fdm_multiplier):
+        self.fdm_beta_d = fdm_beta_d
+        self.fdm_beta_min = fdm_beta_min
+        self.fdm_multiplier = fdm_multiplier
+
+    def fdm_gamma(self, sigma, multiplier):
+        t = (sigma - self.sigma_min) / (self.sigma_max - self.sigma_min)  # "momentum time", linear in sigma
+        B = multiplier * (self.fdm_beta_min * t + 0.5 * self.fdm_beta_d * t ** 2)
+        return torch.exp(-B) * (1 + B)  # critically damped envelope
+
+
+@persistence.persistent_class
+class FDM_EDMPrecond(_FDMInput, _Precond):
+    """EDM-FDM: EDM's c_skip, c_out, c_noise; c_in = gamma(sigma) with multiplier m on [0.002, 80]."""
+
+    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0.002, sigma_max=80.0,
+                 sigma_data=0.5, model_type='SongUNet', fdm_beta_d=19.9, fdm_beta_min=0.1, fdm_multiplier=1.0,
+                 **model_kwargs):
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self.sigma_data = sigma_data
+        self._fdm_args(fdm_beta_d, fdm_beta_min, fdm_multiplier)
+
+    def scalings(self, sigma):
+        c_skip, c_out, _, c_noise = _edm_scalings(sigma, self.sigma_data)
+        return c_skip, c_out, self.fdm_gamma(sigma, self.fdm_multiplier), c_noise
+
+
+@persistence.persistent_class
+class FDM_VPPrecond(_FDMInput, _VPTime, _Precond):
+    """VP-FDM: VP's c_skip, c_out, c_noise; c_in = gamma(sigma) with multiplier m on [sigma_VP(eps_t), sigma_VP(1)]."""
+
+    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, beta_d=19.9, beta_min=0.1, M=1000,
+                 epsilon_t=1e-5, model_type='SongUNet', fdm_beta_d=19.9, fdm_beta_min=0.1, fdm_multiplier=1.0,
+                 **model_kwargs):
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self._vp_range(beta_d, beta_min, M, epsilon_t)
+        self._fdm_args(fdm_beta_d, fdm_beta_min, fdm_multiplier)
+
+    def scalings(self, sigma):
+        c_skip, c_out, _, c_noise = self._vp_scalings(sigma)
+        return c_skip, c_out, self.fdm_gamma(sigma, self.fdm_multiplier), c_noise
+
+
+@persistence.persistent_class
+class FDM_VEPrecond(_FDMInput, _Precond):
+    """VE-FDM: VE's c_skip, c_out, c_noise; c_in = gamma(sigma) on [0.02, 100]. As in the FDM code, the factor uses
+    m = 1 whatever `fdm_multiplier` says (the argument is stored, so that the FDM code's checkpoints load)."""
+
+    def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, sigma_min=0.02, sigma_max=100,
+                 model_type='SongUNet', fdm_beta_d=19.9, fdm_beta_min=0.1, fdm_multiplier=1.0, **model_kwargs):
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self._fdm_args(fdm_beta_d, fdm_beta_min, fdm_multiplier)
+
+    def scalings(self, sigma):
+        _, c_out, _, c_noise = _ve_scalings(sigma)
+        return 1, c_out, self.fdm_gamma(sigma, 1), c_noise
 
 # ----------------------------------------------------------------------------

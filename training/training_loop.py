@@ -18,7 +18,10 @@ from a generator seeded by (seed, stream position), which makes the whole update
 the number of processes (dropout still uses each process's own generator).
 
 The loss is told the optimizer step count (`loss_fn.set_step`, once per step before its accumulation rounds, counted
-from the start of training) and its `state_dict()` travels in the training state (training.loss.Loss).
+from the start of training) and its `state_dict()` travels in the training state (training.loss.Loss). A loss with a
+`reference_size` larger than the per-pass batch (PFGM++'s stable target field) also receives `reference=`: the same
+reference_size - batch_gpu extra images for every pass of step s, stream positions [s M, (s+1) M) of a second
+stream of the dataset.
 """
 
 import contextlib
@@ -34,6 +37,7 @@ import psutil
 import torch
 
 import dnnlib
+from dnnlib.cli import one_line
 from torch_utils import distributed as dist
 from torch_utils import misc, persistence, training_stats
 from training.config import ConfigError
@@ -46,17 +50,20 @@ STATE_VERSION = 1
 
 
 class SampleStream(torch.utils.data.Dataset):
-    """Stream position -> (image, label, position); epoch e visits the dataset in a permutation seeded by (seed, e)."""
+    """Stream position -> (image, label, position); epoch e visits the dataset in a permutation seeded by (seed, e),
+    or by (seed, e, stream) for another independent stream of the same dataset."""
 
-    def __init__(self, dataset, seed):
+    def __init__(self, dataset, seed, stream=None):
         self.dataset = dataset
         self.seed = int(seed)
+        self.stream = stream
         self._epoch, self._order = None, None
 
     def index(self, position):
         epoch, offset = divmod(int(position), len(self.dataset))
         if epoch != self._epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            key = [self.seed, epoch] + ([] if self.stream is None else [int(self.stream)])
+            self._epoch, self._order = epoch, np.random.default_rng(key).permutation(len(self.dataset))
         return int(self._order[offset])
 
     def __len__(self):
@@ -130,8 +137,7 @@ def load_training_state(path):
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f'--resume={path}: not a training state of this toolkit ({first})') from e
+        raise ConfigError(f'--resume={path}: not a training state of this toolkit ({one_line(e)})') from e
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise ConfigError(f'--resume={path}: not a training state of this toolkit')
     if state.get('version') != STATE_VERSION:
@@ -162,8 +168,7 @@ def load_transfer(path, c):
     try:
         net = persistence.load_network(path)['ema']
     except Exception as e:  # pylint: disable=broad-except
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f'--transfer={path}: cannot load the network ({first})') from e
+        raise ConfigError(f'--transfer={path}: cannot load the network ({one_line(e)})') from e
     info = c.dataset_info
     for attr, want in (('img_resolution', info.resolution), ('img_channels', info.channels),
                        ('label_dim', info.label_dim)):
@@ -209,9 +214,12 @@ class _Tee:
 
 
 @contextlib.contextmanager
-def log_to_file(path):
-    """Copy stdout and stderr into `path` (append) for the duration of the block."""
+def log_to_file(path, preamble=''):
+    """Copy stdout and stderr into `path` (appended in place, not written atomically) for the duration of the
+    block; `preamble` (what was printed before the file could be opened) is written to the file first."""
     with open(path, 'a', encoding='utf-8') as f:
+        f.write(preamble)
+        f.flush()
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(sys.stdout, f), _Tee(sys.stderr, f)
         try:
@@ -313,6 +321,7 @@ def training_loop(
     if transfer_net is not None:
         misc.copy_params_and_buffers(src_module=transfer_net, dst_module=net, require_all=False)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    num_references = max(int(getattr(loss_fn, 'reference_size', 0)) - batch_gpu, 0)
 
     # Per-rank stream of the global generators (EDM's seeding), or the saved one.
     np.random.seed((seed * world_size + rank) % (1 << 31))
@@ -350,10 +359,17 @@ def training_loop(
                                 schedule=dict(ema_rampup_ratio=ema_rampup_ratio, lr_rampup_kimg=lr_rampup_kimg)))
     steps = 0
     done = cur_nimg >= total_nimg
+    if num_references:   # Its own generator: creating the iterator must not draw from the global one.
+        reference_iterator = iter(torch.utils.data.DataLoader(
+            SampleStream(dataset_obj, seed, stream=1), sampler=StreamSampler(cur_step * num_references),
+            batch_size=num_references, pin_memory=(device.type == 'cuda'),
+            generator=torch.Generator().manual_seed(seed), **loader_kwargs))
     while not done:
         # Accumulate gradients over the rounds; DDP synchronises on the last one.
         optimizer.zero_grad(set_to_none=True)
         loss_fn.set_step(cur_step)
+        if num_references:
+            references = next(reference_iterator)[0].to(device).to(torch.float32) / 127.5 - 1
         for round_idx in range(num_accumulation_rounds):
             sync = contextlib.nullcontext() if (world_size == 1 or round_idx == num_accumulation_rounds - 1) \
                 else ddp.no_sync()
@@ -362,6 +378,8 @@ def training_loop(
                 images = images.to(device).to(torch.float32) / 127.5 - 1
                 labels = labels.to(device)
                 extra = dict(rng=SampleRNG(device, seed, positions.tolist())) if per_sample_rng else {}
+                if num_references:
+                    extra['reference'] = references
                 loss = loss_fn(ddp, images, labels, augment_pipe=augment_pipe, **extra)
                 training_stats.report('Loss/loss', loss)
                 # EDM: per-sample pixel sums, averaged over the global batch, times the loss scale.

@@ -6,13 +6,16 @@ dnnlib.util.open_url.
 """
 
 import os
+import re
+import urllib.parse
 
 import numpy as np
 import torch
 
-from samplers.edm import edm_sampler
-from samplers.generation import make_grid, save_png, to_uint8
 from torch_utils import persistence
+
+from .edm import edm_sampler
+from .generation import make_grid, save_png, to_uint8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = os.path.join(ROOT, 'checkpoints', 'edm-digits-16x16-cond-ddpmpp.pkl')
@@ -29,13 +32,16 @@ MODELS = {
 }
 
 
+def pretrained_url(file):
+    """The URL of an official EDM checkpoint file (mirror: EDM_PRETRAINED_BASE)."""
+    base = os.environ.get('EDM_PRETRAINED_BASE') or PRETRAINED_BASE
+    return base.rstrip('/') + '/' + file
+
+
 def network_url(dataset):
     """The bundled file or the official URL of the model for `dataset` (mirror: EDM_PRETRAINED_BASE)."""
     model = MODELS[dataset]
-    if model['file'] is None:
-        return BUNDLED
-    base = os.environ.get('EDM_PRETRAINED_BASE') or PRETRAINED_BASE
-    return base.rstrip('/') + '/' + model['file']
+    return BUNDLED if model['file'] is None else pretrained_url(model['file'])
 
 
 def grid_layout(net, cols=None):
@@ -67,8 +73,17 @@ def sample_grid(net, rows, cols, classes=None, seed=0, device=torch.device('cpu'
     return make_grid(to_uint8(images), cols=cols)
 
 
+def grid_name(dataset, network=None):
+    """The output name: the model's (e.g. 'digits-16x16'), or with `network` the checkpoint's file name without
+    its extension (so grids of different checkpoints do not overwrite one another)."""
+    if network is None:
+        return MODELS[dataset]['grid_name']
+    stem = os.path.splitext(os.path.basename(urllib.parse.urlparse(network).path.rstrip('/')))[0]
+    return re.sub(r'[^0-9A-Za-z._-]', '_', stem).lstrip('.') or 'network'
+
+
 def run(dataset='digits', network=None, outdir='.', seed=0, steps=None, cols=None, device=None, trust_pickle=False):
-    """Load the model, sample its grid and save `outdir/<grid_name>.png`; returns the path."""
+    """Load the model, sample its grid and save `outdir/<grid_name(dataset, network)>.png`; returns the path."""
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     url = network or network_url(dataset)
     net = persistence.load_network(url, trust_pickle=trust_pickle)['ema'].to(device).eval()
@@ -77,6 +92,6 @@ def run(dataset='digits', network=None, outdir='.', seed=0, steps=None, cols=Non
         sampler_kwargs['num_steps'] = steps
     rows, cols, classes = grid_layout(net, cols)
     grid = sample_grid(net, rows, cols, classes, seed=seed, device=device, **sampler_kwargs)
-    path = os.path.join(outdir, MODELS[dataset]['grid_name'] + '.png')
+    path = os.path.join(outdir, grid_name(dataset, network) + '.png')
     save_png(grid, path)
     return path
