@@ -224,6 +224,10 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
     # iPNDM with a GITS-searched schedule (NFE 6)
     python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --dp=True
     \b
+    # iPNDM with AFS and a schedule learned for it (NFE 5), saved as learned_schedule.json
+    python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --afs=True \\
+        --schedule_type=learned
+    \b
     # The GITS toolbox's command lines (sample.py -> generate.py)
     python generate.py --dataset_name=cifar10 --batch=64 --seeds=0-63 \\
         --grid=True --solver=ipndm --num_steps=7 --max_order=4 --dp=True

@@ -65,6 +65,10 @@ def params_from_schedule(t_steps):
     q = ((p - MIN_SHARE) / (1 - len(p) * MIN_SHARE)).clamp_min(1e-12)
     return (q.log() - q[0].log())[1:]
 
+# ----------------------------------------------------------------------------
+# Start schedules.
+
+
 def gits_starts(net, num_steps, latents, class_labels, sigma_min, sigma_max, afs=False, model_kwargs=None):
     """GITS schedules of `num_steps` levels (Chen et al. 2024; `samplers.gits` defaults: iPNDM teacher on 61
     polynomial levels, metric 'dev', coeff 1.15): the DP path, and with AFS every insertion of one level into the
@@ -78,7 +82,7 @@ def gits_starts(net, num_steps, latents, class_labels, sigma_min, sigma_max, afs
         cost = cost + gits_cost_matrix(states, derivs, fine) * len(states[0])
     cost = cost / len(latents)
     paths = [gits_dp(cost, num_steps)]
-    if afs and num_steps > 3:
+    if afs:
         path = gits_dp(cost, num_steps - 1)
         paths += [[0, k] + path[1:] for k in range(1, path[1])]
     return [fine[p] for p in paths]
@@ -112,7 +116,7 @@ def _levenberg_marquardt(obj, theta, e, max_iter, stop, rtol=1e-3):
     """Refine theta (errors e) by IRLS Levenberg-Marquardt: at most `max_iter` Jacobians, and no new one once
     `stop` solver runs are spent. Returns (theta, e)."""
     f, damping = obj.loss(e), 1e-3
-    for _ in range(max_iter):
+    for _ in range(max_iter if len(theta) else 0):
         if obj.evals + len(theta) + 1 > stop:
             break
         cols = []
@@ -217,7 +221,7 @@ def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver,
             leaders.append((*min(scored, key=lambda c: c[0]), name))
     if not leaders:
         raise ValueError(f'solver {solver!r} diverges on every start schedule')
-    for loss, _, e, name in sorted(leaders, key=lambda c: c[0]):
+    for *_, e, name in sorted(leaders, key=lambda c: c[0]):
         note(name, e)
 
     # 2. Local refinement: a few iterations from each family's leader, then on from the best of them.
@@ -233,7 +237,7 @@ def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver,
 
     # 3. Random restarts around the best schedule so far.
     gen = torch.Generator().manual_seed(int(seed))
-    for k in range(restarts if num_steps > 2 else 0):
+    for k in range(restarts if len(theta) else 0):
         step = RESTART_SCALE * torch.randn(len(theta), generator=gen, dtype=torch.float64)
         if obj.evals >= stop:
             break

@@ -73,8 +73,8 @@ def test_same_search_twice_gives_the_same_schedule(problem):
     assert not torch.equal(runs[0], samplers.get_schedule(5, 0.002, 80, dtype=torch.float64))
 
 
-@pytest.mark.parametrize('solver,num_steps,afs,denoise_to_zero', [('heun', 3, True, False), ('euler', 5, False, True),
-                                                                  ('unipc', 4, False, False)])
+@pytest.mark.parametrize('solver,num_steps,afs,denoise_to_zero', [
+    ('heun', 3, True, False), ('euler', 5, False, True), ('unipc', 4, False, False), ('ipndm', 2, False, False)])
 def test_schedule_keeps_ends_and_nfe(problem, solver, num_steps, afs, denoise_to_zero):
     net, warmup, _, _ = problem
     t = samplers.learn_schedule(net, num_steps, warmup[:16], solver=solver, afs=afs, denoise_to_zero=denoise_to_zero,
