@@ -43,6 +43,7 @@ from dnnlib.cli import Group, bool_option, check_output_path, error_message, one
 from dnnlib.util import InputError, printable
 from samplers import selection, sweeps
 from torch_utils import distributed as dist
+from torch_utils.precision import release_memory
 from training.dataset import ImageFolderDataset, ImageShapeError
 
 DEFAULT_DETECTOR_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/'
@@ -145,6 +146,7 @@ def load_detector(source=None, device='cpu', trust_pickle=False, trust_detector=
         raise FIDError(f'--detector {printable(source)}: the file does not hold a callable module')
     if hasattr(detector, 'to'):
         detector = detector.to(device)
+    release_memory()
     _detector_cache[key] = detector
     return detector
 
@@ -189,7 +191,8 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
     loader_kwargs = dict(num_workers=num_workers)
     if num_workers > 0:
         loader_kwargs.update(prefetch_factor=prefetch_factor)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_kwargs)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, pin_memory=(device.type == 'cuda'),
+                                         **loader_kwargs)
 
     mu = sigma = None
     try:
@@ -198,7 +201,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                 images = images.repeat([1, 3, 1, 1])
             try:
                 with torch.no_grad():
-                    features = detector(images.to(device), return_features=True)
+                    features = detector(images.to(device, non_blocking=True), return_features=True)
             except Exception as e:  # pylint: disable=broad-except
                 raise FIDError(f'the feature detector failed on uint8 images of shape {list(images.shape)}: '
                                f'{error_message(e)}') from None

@@ -15,6 +15,7 @@ import json
 import os
 
 import click
+import numpy as np
 
 import dnnlib
 import samplers
@@ -23,6 +24,7 @@ from samplers import generation, pfgmpp, selection, sweeps
 from samplers.itotaylor import LAPLACIAN_METHODS
 from torch_utils import distributed as dist
 from torch_utils import persistence
+from torch_utils import precision as fast
 
 ODE_SOLVERS = tuple(samplers.solver_names(kind='ode'))
 TEACHERS = tuple(samplers.solver_names(kind='ode', teacher=True))
@@ -67,7 +69,10 @@ def load_net(network, trust_pickle, device, skip_without_network=False):
         raise click.BadParameter(f'cannot load network: {e}', param_hint='--network')
     except dnnlib.util.InputError as e:
         raise click.BadParameter(f'cannot load network: {e}', param_hint='--network')
-    return data['ema'].eval().requires_grad_(False).to(device)
+    net = data['ema'].eval().requires_grad_(False).to(device)
+    del data
+    fast.release_memory()  # Hand the loader's transient copy back to the OS before sampling starts.
+    return net
 
 
 def make_prior(net, opts):
@@ -130,6 +135,11 @@ def resolve_model(network, dataset_name, outdir, grid):
 @bool_option('--grid', help='Also save the images as one grid PNG next to the folder (OUTDIR-grid.png)')
 @bool_option('--trust-pickle', 'trust_pickle',
              help='Allow legacy unpickling, which runs code embedded in the checkpoint (trusted files only)')
+# Speed (torch_utils/precision.py).
+@click.option('--precision', help='Network precision: fp32, or autocast to bf16 (CPU, CUDA) or fp16 (CUDA)',
+              type=click.Choice(list(fast.PRECISIONS)), default='fp32', show_default=True)
+@bool_option('--compile', 'compile_net', help='torch.compile the network (the first batch compiles)')
+@bool_option('--tf32', help='Allow TF32 matrix products and convolutions on CUDA')
 # EDM sampler (Algorithm 2) and ablation sampler.
 @click.option('--steps', 'steps', help='EDM and SDE samplers: number of noise levels (NFE = 2*steps-1)  '
               '[default: 18]',
@@ -158,8 +168,8 @@ def resolve_model(network, dataset_name, outdir, grid):
 @click.option('--num_steps', help='Fast solvers and CLD: number of timestamps (NFE = num_steps-1 for one-stage '
               'solvers, num_steps for gddim|cld_em)  [default: 7; CLD: 50]', metavar='INT', type=click.IntRange(min=2),
               default=None)
-@click.option('--schedule_type', help='Fast solvers: time schedule  [default: polynomial]',
-              type=click.Choice(['polynomial', 'logsnr', 'time_uniform', 'discrete']), default=None)
+@click.option('--schedule_type', help='Fast solvers: time schedule (learned: searched for the solver, cached)  '
+              '[default: polynomial]', type=click.Choice([*samplers.SCHEDULE_TYPES, 'learned']), default=None)
 @click.option('--schedule_rho', help='Fast solvers: schedule exponent  [default: 7]', metavar='FLOAT', type=float,
               default=None)
 @click.option('--max_order', help=_max_order_help(), metavar='INT', type=click.IntRange(1, MAX_ORDER), default=None)
@@ -189,8 +199,8 @@ def resolve_model(network, dataset_name, outdir, grid):
               show_default=True)
 @click.option('--coeff', help='GITS: cost coefficient gamma', metavar='FLOAT', type=float, default=1.15,
               show_default=True)
-@click.option('--num_warmup', help='GITS: warm-up trajectories', metavar='INT', type=click.IntRange(min=1),
-              default=256, show_default=True)
+@click.option('--num_warmup', help='GITS and learned schedules: warm-up trajectories', metavar='INT',
+              type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--solver_tea', help='GITS: teacher solver', type=click.Choice(TEACHERS), default='ipndm',
               show_default=True)
 @click.option('--num_steps_tea', help='GITS: teacher timestamps (fine grid)', metavar='INT',
@@ -213,7 +223,7 @@ def resolve_model(network, dataset_name, outdir, grid):
 @click.option('--quant_bits', help='Robustness: weight quantisation bits (folders *_quant_B)', metavar='LIST',
               type=IntListType(), default=None)
 def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
-         **opts):
+         precision, compile_net, tf32, **opts):
     """Generate images with a diffusion model.
 
     \b
@@ -222,11 +232,18 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
     python generate.py --outdir=out --seeds=0-63 --batch=64 \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
     \b
+    # The same in bfloat16 (autocast; faster on CPUs with AVX512-BF16 or AMX and on GPUs)
+    python generate.py --outdir=out --seeds=0-63 --precision=bf16 --network=net.pkl
+    \b
     # Ito-Taylor SDE sampler (2nd-SED), 84 noise levels, rho = 3
     python generate.py --outdir=out --network=net.pkl --steps=84 --randn_like=ddb --rho=3
     \b
     # iPNDM with a GITS-searched schedule (NFE 6)
     python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --dp=True
+    \b
+    # iPNDM with AFS and a schedule learned for it (NFE 5), saved as learned_schedule.json
+    python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --afs=True \\
+        --schedule_type=learned
     \b
     # The GITS toolbox's command lines (sample.py -> generate.py)
     python generate.py --dataset_name=cifar10 --batch=64 --seeds=0-63 \\
@@ -247,15 +264,22 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
         device = dist.init(device)
     except RuntimeError as e:
         raise click.BadParameter(str(e), param_hint='--device')
+    speed = dict(precision=precision, compile=compile_net, tf32=tf32)
     try:
         _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid,
-                  trust_pickle, opts)
+                  trust_pickle, opts, speed)
     finally:
         dist.shutdown()
 
 
 def _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
-              opts):
+              opts, speed):
+    try:
+        note = fast.check(speed['precision'], device)
+    except fast.PrecisionError as e:
+        raise click.BadParameter(str(e), param_hint='--precision')
+    if note:
+        dist.print0(f'Warning: {note}.')
     if outdir is not None:
         check_outdir(outdir)
     if network is not None:
@@ -266,9 +290,11 @@ def _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batc
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint='--outdir') from None
         dist.print0(f'{len(targets)} checkpoint(s) of {outdir} in {opts["ckpt"]}..{opts["end_ckpt"]} kimg')
+    fast.set_tf32(speed['tf32'])
     for kimg, path in targets:
         net = load_net(path, trust_pickle, device, skip_without_network=kimg is not None)
         if net is not None:
+            net = fast.wrap(net, speed['precision'], device, compile=speed['compile'])
             _generate_one(net, path, kimg, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device,
                           grid, opts)
     dist.barrier()
@@ -291,11 +317,13 @@ def _generate_one(net, network, kimg, dataset_name, outdir, seeds, subdirs, clas
     prior = make_prior(net, opts)
 
     sampler_kwargs = dict(sampler_kwargs)
-    search = None
-    if kind == 'fast' and opts.get('dp') and 't_steps' not in sampler_kwargs:
-        t_steps, search = selection.gits_search(net, network, sampler_kwargs, opts, device)
-        dist.print0('GITS time schedule: [' + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
-        dist.print0('Reuse it with --t_steps=[' + ','.join(f'{t:g}' for t in t_steps) + ']')
+    found = selection.search_schedule(net, network, sampler_kwargs, opts, device) if kind == 'fast' else None
+    if found is not None:  # GITS (--dp) or learned (--schedule_type=learned) schedule, searched once and cached
+        name, t_steps, search = found
+        dist.print0(f'{"GITS" if name == "gits" else "Learned"} time schedule: ['
+                    + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
+        # The shortest text of each float32 level: the sampler's float32 schedule is reproduced exactly.
+        dist.print0('Reuse it with --t_steps=[' + ','.join(f'{np.float32(t)}' for t in t_steps) + ']')
         sampler_kwargs.pop('num_steps', None)
         sampler_kwargs['t_steps'] = t_steps
 
@@ -305,8 +333,8 @@ def _generate_one(net, network, kimg, dataset_name, outdir, seeds, subdirs, clas
         solver = sampler_kwargs.get('solver', 'edm')
         outdir = selection.toolbox_outdir(dataset_name, grid, solver, nfe)
         check_outdir(outdir)
-    if search is not None and dist.get_rank() == 0:
-        selection.write_json(os.path.join(outdir, 'gits_schedule.json'), dict(search=search, t_steps=t_steps))
+    if found is not None and dist.get_rank() == 0:
+        selection.write_json(os.path.join(outdir, f'{name}_schedule.json'), dict(search=search, t_steps=t_steps))
     dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}' + (f' ({cost})' if cost else ''))
     chosen = sweeps.variants(opts['alpha'], opts['steps_sweep'], opts['quant_bits'])
     single = kimg is None and chosen == [None] and not opts['save_images']

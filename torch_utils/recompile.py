@@ -8,8 +8,8 @@ checks the written network before the file appears under its name:
 - finite: D(x; sigma) is finite on random inputs at two noise levels in the network's range;
 - deterministic: a second evaluation is bitwise equal;
 - state round trip: the written file holds the same init kwargs and tensors, and gives bitwise equal outputs;
-- forward-mode AD: `torch.func.jvp` in (x, sigma) runs, returns the plain output as primal, and its tangent agrees
-  with a central difference;
+- forward-mode AD: `torch.func.jvp` in (x, sigma) runs, returns the plain output as primal (to float32 rounding:
+  attention takes torch's fused kernel outside forward-mode AD), and its tangent agrees with a central difference;
 - legacy match (only with `trust_pickle=True`): the output equals that of the original objects unpickled the legacy
   way, i.e. running the module source embedded in the source checkpoint.
 """
@@ -25,6 +25,7 @@ from . import persistence
 
 LEGACY_TOL = 1e-6  # max |rebuilt - legacy| / max(1, max |legacy|)
 JVP_TOL = 1e-2     # max |JVP - central difference| / max |central difference|, float32 networks
+PRIMAL_TOL = 1e-6  # max |JVP primal - plain output| / max(1, max |plain output|)
 
 
 class CheckError(RuntimeError):
@@ -85,7 +86,7 @@ def check_network(net, original=None, legacy=None, seed=0):
     eps = 1e-3
     with torch.no_grad():
         fd = (net(x + eps * vx, sigma + eps * vs, labels) - net(x - eps * vx, sigma - eps * vs, labels)) / (2 * eps)
-    if not (bool(torch.isfinite(tangent).all()) and torch.equal(primal, out)):
+    if not (bool(torch.isfinite(tangent).all()) and _max_rel(primal, out, floor=1.0) <= PRIMAL_TOL):
         raise CheckError('forward-mode AD: the JVP is not finite or its primal differs from the plain output')
     err = _max_rel(tangent, fd)
     if not err <= JVP_TOL:

@@ -44,6 +44,7 @@ from dnnlib.cli import one_line
 from torch_utils import distributed as dist
 from dnnlib.util import printable
 from torch_utils import misc, persistence, safe_pickle, training_stats
+from torch_utils import precision as fast
 from training.config import ConfigError
 
 STATE_FORMAT = 'edm-training-state'
@@ -174,11 +175,11 @@ def _check_state_fields(state, path):
     fields = dict(net=dict, ema=dict, optimizer=dict, loss=dict, rng=list, seed=int, world_size=int, cur_nimg=int,
                   cur_tick=int, tick_start_nimg=int, options=dict)
     missing = sorted(k for k in fields if k not in state)
-    extra = sorted(printable(repr(k), 40) for k in state if k not in fields and k not in ('format', 'version',
-                                                                                          'cur_step'))
+    optional = dict(format=str, version=int, cur_step=int, grad_scaler=dict)  # grad_scaler: fp16 loss scaling
+    extra = sorted(printable(repr(k), 40) for k in state if k not in fields and k not in optional)
     if missing or extra:
         _state_fail(path, f'missing fields {missing}, unexpected fields {extra}')
-    for key, kind in fields.items():
+    for key, kind in [*fields.items(), *((k, v) for k, v in optional.items() if k in state)]:
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             _state_fail(path, f'"{key}" is a {type(state[key]).__name__}, expected {kind.__name__}')
     safe_pickle.check_structure(state, f'--resume={path}', max_items=1_000_000)
@@ -395,6 +396,15 @@ def log_to_file(path, preamble=''):
             sys.stdout, sys.stderr = saved
 
 
+def _optimizer_kwargs(optimizer_kwargs, device):
+    """The optimizer's arguments, with the fastest implementation of Adam on `device` unless one is named
+    (fused where torch supports it: `torch_utils.precision.adam_kwargs`)."""
+    kwargs = dict(optimizer_kwargs)
+    if kwargs.get('class_name') == 'torch.optim.Adam' and not {'fused', 'foreach'} & set(kwargs):
+        kwargs.update(fast.adam_kwargs(device))
+    return kwargs
+
+
 def _format_time(seconds):
     s = int(np.rint(seconds))
     if s < 60:
@@ -433,12 +443,20 @@ def training_loop(
     resume=None,                 # Path of the training state to resume from (informational).
     resume_state=None,           # A dict from load_training_state(), or None.
     cudnn_benchmark=True,        # torch.backends.cudnn.benchmark.
+    precision='fp32',            # Network precision: fp32, bf16 or fp16 autocast (torch_utils.precision).
+    compile_net=False,           # torch.compile the network.
+    tf32=False,                  # Allow TF32 on CUDA (EDM trains without).
     device=torch.device('cpu'),
     dataset_info=None,           # Informational (filled in by config.check_dataset).
     max_steps=None,              # Stop after this many optimizer steps of this call (tests, benchmarks).
     snapshot_format='pickle',    # Network snapshots as 'pickle' (EDM layout, .pkl) or 'safetensors' (no code).
 ):
-    """Train; returns a dict with the final `net`, `ema`, `cur_nimg` and the number of steps taken."""
+    """Train; returns a dict with the final `net`, `ema`, `cur_nimg` and the number of steps taken.
+
+    `transfer_net` and the tensors of `resume_state` are consumed: once copied into the run they are released
+    (the transfer network is moved to the meta device, the state's net/EMA/optimizer entries are removed), so
+    that no second copy of the weights stays in memory.
+    """
     start_time = time.time()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     device = torch.device(device)
@@ -451,8 +469,7 @@ def training_loop(
             dist.print0(f'Note: the saved run ramped the learning rate over {schedule["lr_rampup_kimg"]:g} kimg, '
                         f'this run uses {lr_rampup_kimg:g} kimg (--lr-rampup).')
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    fast.set_tf32(tf32)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
     # Batch layout (EDM): batch_size = batch_gpu * rounds * world_size.
@@ -480,14 +497,17 @@ def training_loop(
     torch.manual_seed(seed)
     net = dnnlib.construct_class_by_name(**network_kwargs, **interface_kwargs)
     net.train().requires_grad_(True).to(device)
+    if device.type == 'cuda':
+        fast.to_channels_last(net)  # Before DDP and the EMA copy, so both hold channels_last weights.
     dist.print0(f'Parameters: {misc.count_parameters(net):,}')
 
     # Loss, optimizer, augmentation, EMA.
     loss_fn = dnnlib.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **_optimizer_kwargs(optimizer_kwargs, device))
     augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
     if transfer_net is not None:
         misc.copy_params_and_buffers(src_module=transfer_net, dst_module=net, require_all=False)
+        transfer_net.to('meta')  # Release its weights.
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     num_references = max(int(getattr(loss_fn, 'reference_size', 0)) - batch_gpu, 0)
 
@@ -495,12 +515,17 @@ def training_loop(
     np.random.seed((seed * world_size + rank) % (1 << 31))
     torch.manual_seed(np.random.randint(1 << 31))
     cur_tick, tick_start_nimg, cur_step = 0, cur_nimg, 0     # cur_step: optimizer steps since the start of training.
+    scaler = fast.grad_scaler(precision, device)            # Dynamic loss scaling for fp16; a no-op otherwise.
     if resume_state is not None:
         dist.print0(f'Resuming from {cur_nimg} images...')
         cur_tick, tick_start_nimg, cur_step = apply_training_state(resume_state, net, ema, optimizer, loss_fn, device)
+        if resume_state.get('grad_scaler') and scaler.is_enabled():
+            scaler.load_state_dict(resume_state['grad_scaler'])
     ddp = net
     if world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
+    run_net = fast.wrap(ddp, precision, device, compile=compile_net)   # What the loss calls: autocast, compile.
+    fast.release_memory()
 
     # Train.
     dist.print0(f'Training for {total_kimg:g} kimg...')
@@ -532,24 +557,26 @@ def training_loop(
                 else ddp.no_sync()
             with sync:
                 images, labels, positions = next(dataset_iterator)
-                images = images.to(device).to(torch.float32) / 127.5 - 1
-                labels = labels.to(device)
+                images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+                labels = labels.to(device, non_blocking=True)
                 extra = dict(rng=SampleRNG(device, seed, positions.tolist())) if per_sample_rng else {}
                 if num_references:
                     extra['reference'] = references
-                loss = loss_fn(ddp, images, labels, augment_pipe=augment_pipe, **extra)
+                loss = loss_fn(run_net, images, labels, augment_pipe=augment_pipe, **extra)
                 training_stats.report('Loss/loss', loss)
                 # EDM: per-sample pixel sums, averaged over the global batch, times the loss scale.
-                loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+                scaler.scale(loss.sum().mul(loss_scaling / batch_gpu_total)).backward()
 
         # Learning-rate ramp-up (EDM: linear in images seen), non-finite guard, Adam step.
         ramp = min(cur_nimg / (lr_rampup_kimg * 1000), 1) if lr_rampup_kimg > 0 else 1
         for g in optimizer.param_groups:
             g['lr'] = optimizer_kwargs['lr'] * ramp
+        scaler.unscale_(optimizer)  # fp16: undo the dynamic scale and note overflows (before the guard hides them).
         for param in net.parameters():
             if param.grad is not None:
                 torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
-        optimizer.step()
+        scaler.step(optimizer)      # fp16: skipped after an overflow.
+        scaler.update()
 
         # EMA (EDM): beta = 0.5^(batch / half-life), half-life ramped up with the images seen; parameters only.
         ema_halflife_nimg = ema_halflife_kimg * 1000
@@ -615,7 +642,7 @@ def training_loop(
                     net={k: v.detach().cpu() for k, v in net.state_dict().items()},
                     ema={k: v.detach().cpu() for k, v in ema.state_dict().items()},
                     optimizer=optimizer.state_dict(),
-                    loss=loss_fn.state_dict(), cur_step=cur_step,
+                    loss=loss_fn.state_dict(), cur_step=cur_step, grad_scaler=scaler.state_dict(),
                     rng=rng_states, seed=seed, world_size=world_size, cur_nimg=cur_nimg,
                     cur_tick=cur_tick + 1, tick_start_nimg=cur_nimg,
                     options=state_options)
