@@ -421,6 +421,7 @@ def edited(state_file, change):
     (lambda s: s.pop('options'), "missing fields ['options']"),
     (lambda s: s.update(loss={'clamp': 1.0}), 'the loss state cannot be loaded'),
     (lambda s: s['net'].update({'model.map_layer0.weight': torch.zeros(1).expand(32, 8)}), 'repeats its storage'),
+    (lambda s: s.update(grad_scaler=dict(scale=-1.0)), '"grad_scaler" is not the state of a loss scaler'),
 ])
 def test_broken_training_states(state_file, tmp_path, change, message):
     assert message in resume_error(edited(state_file, change), tmp_path)
