@@ -350,9 +350,9 @@ def load_transfer(path, c, trust_pickle=False):
 def apply_training_state(state, net, ema, optimizer, loss_fn, device):
     """Put a checked training state (load_training_state, check_resume) into fresh objects and set this rank's RNG
     state; returns (cur_tick, tick_start_nimg, cur_step)."""
-    net.load_state_dict(state['net'])
-    ema.load_state_dict(state['ema'])
-    optimizer.load_state_dict(state['optimizer'])
+    net.load_state_dict(state.pop('net'))  # Popped: the stored tensors are released once copied.
+    ema.load_state_dict(state.pop('ema'))
+    optimizer.load_state_dict(state.pop('optimizer'))
     loss_fn.load_state_dict(state['loss'])
     # States that predate the step count: derived from the images seen (exact unless --batch changed).
     cur_step = int(state.get('cur_step', state['cur_nimg'] // state['options']['batch_size']))
