@@ -15,6 +15,7 @@ import json
 import os
 
 import click
+import numpy as np
 
 import dnnlib
 import samplers
@@ -167,8 +168,8 @@ def resolve_model(network, dataset_name, outdir, grid):
 @click.option('--num_steps', help='Fast solvers and CLD: number of timestamps (NFE = num_steps-1 for one-stage '
               'solvers, num_steps for gddim|cld_em)  [default: 7; CLD: 50]', metavar='INT', type=click.IntRange(min=2),
               default=None)
-@click.option('--schedule_type', help='Fast solvers: time schedule  [default: polynomial]',
-              type=click.Choice(['polynomial', 'logsnr', 'time_uniform', 'discrete']), default=None)
+@click.option('--schedule_type', help='Fast solvers: time schedule (learned: searched for the solver, cached)  '
+              '[default: polynomial]', type=click.Choice([*samplers.SCHEDULE_TYPES, 'learned']), default=None)
 @click.option('--schedule_rho', help='Fast solvers: schedule exponent  [default: 7]', metavar='FLOAT', type=float,
               default=None)
 @click.option('--max_order', help=_max_order_help(), metavar='INT', type=click.IntRange(1, MAX_ORDER), default=None)
@@ -198,8 +199,8 @@ def resolve_model(network, dataset_name, outdir, grid):
               show_default=True)
 @click.option('--coeff', help='GITS: cost coefficient gamma', metavar='FLOAT', type=float, default=1.15,
               show_default=True)
-@click.option('--num_warmup', help='GITS: warm-up trajectories', metavar='INT', type=click.IntRange(min=1),
-              default=256, show_default=True)
+@click.option('--num_warmup', help='GITS and learned schedules: warm-up trajectories', metavar='INT',
+              type=click.IntRange(min=1), default=256, show_default=True)
 @click.option('--solver_tea', help='GITS: teacher solver', type=click.Choice(TEACHERS), default='ipndm',
               show_default=True)
 @click.option('--num_steps_tea', help='GITS: teacher timestamps (fine grid)', metavar='INT',
@@ -239,6 +240,10 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
     \b
     # iPNDM with a GITS-searched schedule (NFE 6)
     python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --dp=True
+    \b
+    # iPNDM with AFS and a schedule learned for it (NFE 5), saved as learned_schedule.json
+    python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --afs=True \\
+        --schedule_type=learned
     \b
     # The GITS toolbox's command lines (sample.py -> generate.py)
     python generate.py --dataset_name=cifar10 --batch=64 --seeds=0-63 \\
@@ -312,11 +317,13 @@ def _generate_one(net, network, kimg, dataset_name, outdir, seeds, subdirs, clas
     prior = make_prior(net, opts)
 
     sampler_kwargs = dict(sampler_kwargs)
-    search = None
-    if kind == 'fast' and opts.get('dp') and 't_steps' not in sampler_kwargs:
-        t_steps, search = selection.gits_search(net, network, sampler_kwargs, opts, device)
-        dist.print0('GITS time schedule: [' + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
-        dist.print0('Reuse it with --t_steps=[' + ','.join(f'{t:g}' for t in t_steps) + ']')
+    found = selection.search_schedule(net, network, sampler_kwargs, opts, device) if kind == 'fast' else None
+    if found is not None:  # GITS (--dp) or learned (--schedule_type=learned) schedule, searched once and cached
+        name, t_steps, search = found
+        dist.print0(f'{"GITS" if name == "gits" else "Learned"} time schedule: ['
+                    + ', '.join(f'{t:.4f}' for t in t_steps) + ']')
+        # The shortest text of each float32 level: the sampler's float32 schedule is reproduced exactly.
+        dist.print0('Reuse it with --t_steps=[' + ','.join(f'{np.float32(t)}' for t in t_steps) + ']')
         sampler_kwargs.pop('num_steps', None)
         sampler_kwargs['t_steps'] = t_steps
 
@@ -326,8 +333,8 @@ def _generate_one(net, network, kimg, dataset_name, outdir, seeds, subdirs, clas
         solver = sampler_kwargs.get('solver', 'edm')
         outdir = selection.toolbox_outdir(dataset_name, grid, solver, nfe)
         check_outdir(outdir)
-    if search is not None and dist.get_rank() == 0:
-        selection.write_json(os.path.join(outdir, 'gits_schedule.json'), dict(search=search, t_steps=t_steps))
+    if found is not None and dist.get_rank() == 0:
+        selection.write_json(os.path.join(outdir, f'{name}_schedule.json'), dict(search=search, t_steps=t_steps))
     dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}' + (f' ({cost})' if cost else ''))
     chosen = sweeps.variants(opts['alpha'], opts['steps_sweep'], opts['quant_bits'])
     single = kimg is None and chosen == [None] and not opts['save_images']

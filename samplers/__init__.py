@@ -12,6 +12,8 @@ Public API (stable):
     samplers.gits_schedule(net, num_steps, warmup_latents, class_labels=None, solver_tea='ipndm',
                            num_steps_tea=61, metric='dev', coeff=1.15, sigma_min=0.002, sigma_max=80,
                            schedule_type='polynomial', schedule_rho=7, afs=False, max_order=4, **teacher_options)
+    samplers.learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver, teacher=None,
+                            sigma_min=0.002, sigma_max=80, afs=False, denoise_to_zero=False, **solver_options)
     samplers.SOLVERS                      # name -> SolverSpec (read-only), registration order
     samplers.register_solver(spec)        # add a solver (see samplers.registry)
     samplers.solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options)
@@ -38,8 +40,9 @@ from .sampling import sample
 # Registration order: 'edm', the 'ode' solvers, the 'cld' ones, then the SDE solvers itotaylor and edm_em.
 from . import edm, solvers, singlestep, gddim, itotaylor  # noqa: F401
 from .gits import gits_schedule, gits_cost_matrix, gits_dp, teacher_trajectory
+from .learn import learn_schedule
 
 __all__ = ['SCHEDULE_TYPES', 'get_schedule', 'edm_schedule', 'SOLVERS', 'SolverSpec', 'register_solver',
            'unregister_solver', 'get_solver', 'solver_names', 'option_names', 'solver_defaults',
            'check_solver_options', 'solver_nfe', 'solver_cost', 'COST_NAMES', 'Step', 'StepRecord', 'gaussian_prior',
-           'sample', 'gits_schedule', 'gits_cost_matrix', 'gits_dp', 'teacher_trajectory']
+           'sample', 'gits_schedule', 'gits_cost_matrix', 'gits_dp', 'teacher_trajectory', 'learn_schedule']

@@ -28,6 +28,7 @@ from . import edm as edm_samplers
 from . import generation
 from .demo import pretrained_url
 from .gits import gits_schedule
+from .learn import DEFAULT_TEACHER, SEARCH_SETTINGS, learn_schedule
 from .registry import SOLVERS, describe_cost as _describe_cost, get_solver, option_names, solver_names
 from .sampling import CLD_DEFAULT_NUM_STEPS, DEFAULT_NUM_STEPS, EDM_DEFAULT_NUM_STEPS, sample
 from .schedules import clip_sigma_range, edm_schedule, gddim_schedule, get_schedule
@@ -35,6 +36,7 @@ from .schedules import clip_sigma_range, edm_schedule, gddim_schedule, get_sched
 ABLATION_KEYS = ('disc', 'schedule', 'scaling')
 ABLATION_TARGETS = dict(disc='discretization', schedule='schedule', scaling='scaling')
 # Options of the 'ode' kind besides the solvers' own options (see `sample`), and the GITS search switch.
+# --schedule_type=learned (not a `get_schedule` type) asks for a learned schedule (`samplers.learn_schedule`).
 ODE_KEYS = ('num_steps', 'schedule_type', 'schedule_rho', 'afs', 'denoise_to_zero', 't_steps', 'dp')
 # Model families. A network belongs to the first family whose `attribute` it has, else to 'denoiser'. `kinds`: the
 # solver kinds that sample it; `default`: the solver and number of timestamps without --solver/--num_steps (None:
@@ -229,6 +231,8 @@ def choose_sampler(opts, note=print, family='denoiser'):
         raise OptionError(f'--rho is EDM\'s time step exponent; --solver={solver} takes --schedule_rho')
     if churn:
         raise OptionError(f'{_options_apply(list(churn))} to EDM\'s sampler; --solver={solver} is deterministic')
+    if opts.get('schedule_type') == 'learned' and opts.get('dp'):
+        raise OptionError('--dp searches a GITS schedule and --schedule_type=learned learns one; choose one')
     kwargs = dict(solver=solver, schedule_type=opts.get('schedule_type') or 'polynomial',
                   schedule_rho=7 if opts.get('schedule_rho') is None else opts['schedule_rho'],
                   afs=opts['afs'], denoise_to_zero=opts['denoise_to_zero'])
@@ -240,6 +244,8 @@ def choose_sampler(opts, note=print, family='denoiser'):
             raise OptionError('must be at least two strictly decreasing positive noise levels', param='t_steps')
         if opts.get('dp'):
             note('Note: --t_steps given, so the GITS search (--dp) is skipped.')
+        if kwargs.get('schedule_type') == 'learned':
+            note('Note: --t_steps given, so the schedule is not learned (--schedule_type=learned).')
         kwargs['t_steps'] = t_steps
     else:
         kwargs['num_steps'] = DEFAULT_NUM_STEPS if opts.get('num_steps') is None else opts['num_steps']
@@ -285,6 +291,8 @@ def check_sampler(kind, kwargs):
         return
     options = {k: v for k, v in kwargs.items() if k in SOLVERS[kwargs['solver']].defaults}
     spec = get_solver(kwargs['solver'])
+    if kwargs.get('schedule_type') == 'learned' and spec.stochastic and 't_steps' not in kwargs:
+        raise OptionError(f'--schedule_type=learned needs a deterministic solver (--solver={spec.name} draws noise)')
     if spec.prepare is not None:
         probe = gddim_schedule(5) if kind == 'cld' else torch.tensor([80.0, 1.0, 0.5, 0.1, 0.002])
         try:
@@ -301,8 +309,9 @@ def check_net(kind, kwargs, net):
         return
     spec = get_solver(kwargs['solver'])
     lo, hi = clip_sigma_range(net, kwargs.get('sigma_min', 0.002), kwargs.get('sigma_max', 80))
+    schedule_type = 'polynomial' if kwargs.get('schedule_type') == 'learned' else kwargs['schedule_type']
     try:
-        t_steps = get_schedule(kwargs['num_steps'], lo, hi, kwargs['schedule_type'], kwargs['schedule_rho'], net=net)
+        t_steps = get_schedule(kwargs['num_steps'], lo, hi, schedule_type, kwargs['schedule_rho'], net=net)
         if spec.prepare is not None:
             spec.prepare(t_steps, **spec.check_options({k: v for k, v in kwargs.items() if k in spec.defaults}))
     except (ValueError, TypeError) as e:
@@ -463,8 +472,51 @@ def gits_search(net, network_key, kwargs, opts, device):
     return cached_search('gits', search, compute, check), search
 
 
+def learned_search(net, network_key, kwargs, opts, device):
+    """The learned schedule (`samplers.learn_schedule`) for the chosen fast solver (cached); returns (t_steps,
+    search)."""
+    spec = get_solver(kwargs['solver'])
+    student_options = {k: kwargs[k] for k in spec.defaults if k in kwargs}
+    search = dict(network=network_fingerprint(network_key), num_steps=kwargs['num_steps'],
+                  num_warmup=opts['num_warmup'], sigma_min=opts.get('sigma_min') or 0.002,
+                  sigma_max=opts.get('sigma_max') or 80, afs=kwargs['afs'], denoise_to_zero=kwargs['denoise_to_zero'],
+                  solver=kwargs['solver'], class_idx=opts.get('class_idx'), teacher=DEFAULT_TEACHER,
+                  settings=SEARCH_SETTINGS, **student_options)
+
+    def check(t_steps):
+        # A learned schedule has num_steps levels from the clipped sigma_max to the clipped sigma_min.
+        lo, hi = clip_sigma_range(net, search['sigma_min'], search['sigma_max'])
+        if len(t_steps) != kwargs['num_steps'] or not (math.isclose(t_steps[0], hi, rel_tol=1e-6)
+                                                       and math.isclose(t_steps[-1], lo, rel_tol=1e-6)):
+            raise ValueError(f'its t_steps are not {kwargs["num_steps"]} levels from {hi:g} to {lo:g}')
+
+    def compute():
+        latents, class_labels, _ = generation.draw_inputs(net, list(range(opts['num_warmup'])), device,
+                                                          opts.get('class_idx'))  # seeds 0..num_warmup-1
+        print(f'Learning a schedule with {opts["num_warmup"]} warm-up trajectories...')
+        with torch.no_grad():
+            return learn_schedule(net, kwargs['num_steps'], latents, class_labels, solver=kwargs['solver'],
+                                  sigma_min=search['sigma_min'], sigma_max=search['sigma_max'], afs=kwargs['afs'],
+                                  denoise_to_zero=kwargs['denoise_to_zero'], **student_options)
+
+    return cached_search('learned', search, compute, check), search
+
+
+def search_schedule(net, network_key, kwargs, opts, device):
+    """Run the schedule search the options ask for (GITS with --dp, or --schedule_type=learned), cached.
+
+    Returns (name, t_steps, search), or None when no search is asked for (or --t_steps was given)."""
+    if 't_steps' in kwargs:
+        return None
+    if opts.get('dp'):
+        return ('gits', *gits_search(net, network_key, kwargs, opts, device))
+    if kwargs.get('schedule_type') == 'learned':
+        return ('learned', *learned_search(net, network_key, kwargs, opts, device))
+    return None
+
+
 __all__ = ['OptionError', 'FAMILIES', 'RANDN_LIKE', 'DEFAULT_RANDN_LIKE', 'named_solver', 'describe_cost',
            'TOOLBOX_MODELS', 'toolbox_network', 'toolbox_outdir', 'describe_rule',
            'net_family', 'solver_family', 'family_solvers', 'choose_sampler', 'precheck', 'check_sampler',
            'check_net', 'describe_nfe', 'make_sampler_fn', 'network_fingerprint', 'cached_search', 'gits_search',
-           'write_json']
+           'learned_search', 'search_schedule', 'write_json']

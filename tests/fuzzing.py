@@ -161,10 +161,62 @@ def load_selftest(path):
         raise dnnlib.util.InputError(f'{path}: refused')
 
 
+def make_dataset_zip(folder):
+    import numpy as np
+    from training.demo_data import write_dataset
+    images = np.random.RandomState(1).randint(0, 256, size=[4, 8, 8]).astype(np.uint8)
+    return write_dataset(images, os.path.join(folder, 'data.zip'), np.arange(4) % 2)
+
+
+def load_dataset_zip(path):
+    from training.dataset import ImageFolderDataset
+    dataset = ImageFolderDataset(path, use_labels=True)
+    for i in range(len(dataset)):
+        dataset[i]
+        dataset.get_label(i)
+
+
+def make_fid_reference(folder):
+    import numpy as np
+    path = os.path.join(folder, 'ref.npz')
+    rnd = np.random.RandomState(2)
+    a = rnd.randn(16, 16)
+    np.savez(path, mu=rnd.randn(16), sigma=a @ a.T)
+    return path
+
+
+def load_fid_reference(path):
+    import fid
+    fid.load_reference_stats(path)
+
+
+GITS_SEARCH = dict(network='net.pkl:1:2', num_steps=5, solver='ipndm', num_steps_tea=61)
+
+
+def make_gits_cache(folder):
+    path = os.path.join(folder, 'cache.json')
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(dict(search=GITS_SEARCH, t_steps=[80.0, 9.7, 1.6, 0.21, 0.002]), f)
+    return path
+
+
+def load_gits_cache(path):
+    """A cache file is read by `samplers.selection.cached_search`, which recomputes on a bad record: here the
+    reason it gives becomes the InputError, so refusals are counted."""
+    import dnnlib
+    from samplers import selection
+    t_steps, reason = selection._read_cached(path, GITS_SEARCH)  # pylint: disable=protected-access
+    if t_steps is None:
+        raise dnnlib.util.InputError(f'{path}: {reason}')
+
+
 KINDS = {kind.name: kind for kind in [
     Kind('network-pickle', make_network_pickle, load_network, 'pickle', 'network.pkl'),
     Kind('training-state', make_training_state, load_training_state, 'zip', 'training-state-000000.pt'),
     Kind('network-safetensors', make_network_safetensors, load_network, 'safetensors', 'network.safetensors'),
+    Kind('dataset-zip', make_dataset_zip, load_dataset_zip, 'zip', 'dataset.zip'),
+    Kind('fid-reference', make_fid_reference, load_fid_reference, 'zip', 'ref.npz'),
+    Kind('gits-cache', make_gits_cache, load_gits_cache, 'json', 'cache.json'),
     Kind('selftest', make_selftest, load_selftest, 'selftest', 'selftest.bin', fuzzed=False),
 ]}
 FUZZED = [name for name, kind in KINDS.items() if kind.fuzzed]

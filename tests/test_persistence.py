@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from torch_utils import persistence
+from torch_utils import persistence, safe_pickle
 from training import networks
 
 pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated'),  # torch's jvp decompositions
@@ -263,7 +263,7 @@ def test_safetensors_round_trip_gives_identical_outputs(tmp_path, monkeypatch):
     persistence.save_pickle(data, str(tmp_path / 'net.pkl'))
     persistence.save_safetensors(persistence.load_network(str(tmp_path / 'net.pkl')), str(tmp_path / 'net.safetensors'))
     # Nothing is unpickled when reading it.
-    monkeypatch.setattr(persistence.safe_pickle, 'Unpickler', None)
+    monkeypatch.setattr(safe_pickle, 'Unpickler', None)
     monkeypatch.setattr(pickle, 'load', None)
     loaded = persistence.load_network(str(tmp_path / 'net.safetensors'))
     assert type(loaded['ema']) is networks.EDMPrecond and not loaded['ema'].training

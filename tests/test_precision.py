@@ -364,4 +364,6 @@ def _generate_peak(tmp_path, seeds):
 def test_generate_peak_memory_is_flat_in_the_number_of_images(tmp_path):
     few, many = _generate_peak(tmp_path, '0-7'), _generate_peak(tmp_path, '0-95')
     assert len(os.listdir(tmp_path / '0-95')) == 96
-    assert many <= few + 8 * 2 ** 20, (few / 2 ** 20, many / 2 ** 20)
+    # 12 batches instead of 1: a kept graph or activations would add several MiB per batch; allocator noise between
+    # two processes was measured up to 10 MiB on a loaded machine.
+    assert many <= few + 24 * 2 ** 20, (few / 2 ** 20, many / 2 ** 20)

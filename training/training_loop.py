@@ -30,6 +30,7 @@ import copy
 import functools
 import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -183,6 +184,14 @@ def _check_state_fields(state, path):
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             _state_fail(path, f'"{key}" is a {type(state[key]).__name__}, expected {kind.__name__}')
     safe_pickle.check_structure(state, f'--resume={path}', max_items=1_000_000)
+    scaler = state.get('grad_scaler') or {}   # torch.amp.GradScaler.state_dict(): empty when it was disabled.
+    if scaler and (set(scaler) != {'scale', 'growth_factor', 'backoff_factor', 'growth_interval', '_growth_tracker'}
+                   or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                              for v in scaler.values())
+                   or not (scaler['scale'] > 0 and scaler['growth_factor'] > 1 and 0 < scaler['backoff_factor'] < 1
+                           and scaler['growth_interval'] >= 1 and scaler['_growth_tracker'] >= 0)):
+        _state_fail(path, '"grad_scaler" is not the state of a loss scaler (scale, growth and backoff factors, '
+                          'growth interval and tracker)')
     for key in ('seed', 'cur_nimg', 'cur_tick', 'tick_start_nimg', 'cur_step'):
         if key in state and not _is_int(state[key]):
             _state_fail(path, f'"{key}" is {printable(repr(state[key]), 40)}, expected a non-negative integer')
@@ -341,9 +350,9 @@ def load_transfer(path, c, trust_pickle=False):
 def apply_training_state(state, net, ema, optimizer, loss_fn, device):
     """Put a checked training state (load_training_state, check_resume) into fresh objects and set this rank's RNG
     state; returns (cur_tick, tick_start_nimg, cur_step)."""
-    net.load_state_dict(state['net'])
-    ema.load_state_dict(state['ema'])
-    optimizer.load_state_dict(state['optimizer'])
+    net.load_state_dict(state.pop('net'))  # Popped: the stored tensors are released once copied.
+    ema.load_state_dict(state.pop('ema'))
+    optimizer.load_state_dict(state.pop('optimizer'))
     loss_fn.load_state_dict(state['loss'])
     # States that predate the step count: derived from the images seen (exact unless --batch changed).
     cur_step = int(state.get('cur_step', state['cur_nimg'] // state['options']['batch_size']))
