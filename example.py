@@ -1,12 +1,13 @@
 """Minimal example: sample a grid of images from the bundled demo model or an official EDM checkpoint."""
 
-import pickle
 import time
 
 import click
 
 from dnnlib.cli import Command, bool_option, one_line, refuse_torchrun
+from dnnlib.util import InputError, printable
 from samplers import demo
+from torch_utils import precision as fast
 
 
 @click.command(cls=Command, context_settings=dict(terminal_width=80, max_content_width=80))
@@ -23,7 +24,9 @@ from samplers import demo
 @click.option('--device', help='Device  [default: cuda if available, else cpu]', type=click.Choice(['cpu', 'cuda']))
 @bool_option('--trust-pickle', 'trust_pickle',
              help='Allow legacy unpickling, which runs code embedded in the checkpoint')
-def main(dataset, network, outdir, seed, steps, cols, device, trust_pickle):
+@click.option('--precision', help='Network precision: fp32, or autocast to bf16 (CPU, CUDA) or fp16 (CUDA)',
+              type=click.Choice(list(fast.PRECISIONS)), default='fp32', show_default=True)
+def main(dataset, network, outdir, seed, steps, cols, device, trust_pickle, precision):
     """Generate a grid of images with EDM's sampler (Karras et al. 2022, Algorithm 2).
 
     With no options: the bundled class-conditional demo model (16x16 digits), one row per class, on the CPU in
@@ -39,13 +42,21 @@ def main(dataset, network, outdir, seed, steps, cols, device, trust_pickle):
     """
     refuse_torchrun('example.py')
     start = time.time()
+    try:
+        note = fast.check(precision, demo.default_device(device))
+    except fast.PrecisionError as e:
+        raise click.BadParameter(str(e), param_hint='--precision')
+    if note:
+        print(f'Warning: {note}.')
     url = network or demo.network_url(dataset)
     print(f'Loading network from "{url}"...')
     try:
         path = demo.run(dataset, network=network, outdir=outdir, seed=seed, steps=steps, cols=cols, device=device,
-                        trust_pickle=trust_pickle)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
-        raise click.ClickException(f'{url}: {one_line(e)}')
+                        trust_pickle=trust_pickle, precision=precision)
+    except InputError as e:  # The message names the file.
+        raise click.ClickException(str(e))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise click.ClickException(f'{printable(url)}: {one_line(e)}')
     print(f'Saved "{path}" in {time.time() - start:.1f} s')
 
 

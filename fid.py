@@ -11,16 +11,20 @@ The feature detector
 --------------------
 By default the standard Inception-v3 feature network used by EDM and StyleGAN3 (a PyTorch port of TensorFlow's
 ``inception-2015-12-05`` graph) is downloaded once from NVIDIA's fixed URL (`DEFAULT_DETECTOR_URL`) into the
-dnnlib download cache. That file is a plain Python pickle and is the **one trusted pickle** of this toolkit: it is
-unpickled with the standard unpickler (which can run code) because it is a known file from a fixed, official
-source. ``--detector PATH|URL`` replaces it with a TorchScript archive (``torch.jit.save``; loaded with
-``torch.jit.load``) of any module called as ``detector(uint8 [N, 3, H, W] images, return_features=True)`` that
-returns [N, D] features; any other pickle there is refused unless ``--trust-pickle`` is given.
+private dnnlib download cache. That file is a plain Python pickle and is the **one trusted pickle** of this
+toolkit: it is unpickled with the standard unpickler (which can run code) because it is a known file from a fixed,
+official source, and only the bytes this toolkit downloaded are used (their SHA-256 is recorded at download and
+checked on every use; ``--detector-sha256`` pins the expected digest). ``--detector PATH|URL`` replaces it with a
+TorchScript archive (``torch.jit.save``) or a pickle of a module called as
+``detector(uint8 [N, 3, H, W] images, return_features=True)`` that returns [N, D] features. Such a file is code
+(TorchScript can read, create and overwrite files when loaded or called), so it is loaded only with
+``--trust-detector`` (docs/security.md).
 
 Importable API: :func:`calculate_inception_stats`, :func:`calculate_fid_from_inception_stats`,
 :func:`load_detector`, :func:`load_reference_stats`, :func:`save_reference_stats`.
 """
 
+import hashlib
 import io
 import os
 import pickle
@@ -39,6 +43,7 @@ from dnnlib.cli import Group, bool_option, check_output_path, error_message, one
 from dnnlib.util import InputError, printable
 from samplers import selection, sweeps
 from torch_utils import distributed as dist
+from torch_utils.precision import release_memory
 from training.dataset import ImageFolderDataset, ImageShapeError
 
 DEFAULT_DETECTOR_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/'
@@ -85,47 +90,63 @@ def _rank0_first(fn):
 _detector_cache = {}
 
 
-def load_detector(source=None, device='cpu', trust_pickle=False):
-    """Load a feature detector: None (or the default URL) = the trusted Inception-v3 pickle; otherwise a
-    TorchScript archive, or with `trust_pickle=True` any pickle (plain or torch.save)."""
+def load_detector(source=None, device='cpu', trust_pickle=False, trust_detector=False, sha256=None):
+    """Load a feature detector.
+
+    None (or the default URL): the Inception-v3 pickle, downloaded from its fixed official URL into the private
+    download cache, with its SHA-256 recorded and checked on every use (dnnlib.util.open_trusted_url); `sha256`
+    (hex) pins the expected digest. Any other `source` is a file of code (a TorchScript archive can create and
+    overwrite files when it is loaded or called; a pickle can do anything), so it is loaded only with
+    `trust_detector=True` (pickles also with `trust_pickle=True`); `sha256` then checks that file.
+    """
     device = torch.device(device)
     trusted = source is None or source == DEFAULT_DETECTOR_URL
     source = DEFAULT_DETECTOR_URL if source is None else source
-    key = (source, str(device), bool(trust_pickle))
+    if not (trusted or trust_detector or trust_pickle):
+        raise FIDError(f'--detector {printable(source)}: a detector file is code (TorchScript and pickles can '
+                       'read, create and overwrite files when loaded or called); add --trust-detector if you trust '
+                       'it, or omit --detector to use the checked Inception-v3 download')
+    key = (source, str(device), bool(trust_pickle), bool(trust_detector), sha256)
     if key in _detector_cache:
         return _detector_cache[key]
     try:
-        with dnnlib.util.open_url(source, verbose=(dist.get_rank() == 0)) as f:
-            data = f.read()
+        if trusted:
+            data = dnnlib.util.open_trusted_url(source, sha256=sha256, verbose=(dist.get_rank() == 0))
+        else:
+            with dnnlib.util.open_url(source, verbose=(dist.get_rank() == 0)) as f:
+                data = f.read()
+            if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+                raise FIDError(f'--detector {printable(source)}: SHA-256 {hashlib.sha256(data).hexdigest()} differs '
+                               f'from the expected {printable(sha256)}')
+    except FIDError:
+        raise
     except Exception as e:  # pylint: disable=broad-except
-        hint = ('download it elsewhere and pass the local file with --detector=PATH' if trusted else
-                'pass a local TorchScript file with --detector=PATH')
+        hint = ('download it elsewhere and pass the local file with --detector=PATH --trust-detector' if trusted
+                else 'pass a local TorchScript file with --detector=PATH')
         reason = one_line(e).split('; ')[0]  # A download error brings its own hint: give only this one.
-        raise FIDError(f'cannot load the feature detector {source}: {reason}; {hint}') from None
+        raise FIDError(f'cannot load the feature detector {printable(source)}: {reason}; {hint}') from None
 
     is_zip = data[:4] == b'PK\x03\x04'
     try:
         if is_zip:
             try:
+                if not (trusted or trust_detector):
+                    raise FIDError(f'--detector {printable(source)}: a TorchScript archive is code (it can create '
+                                   'and overwrite files); add --trust-detector if you trust it')
                 detector = torch.jit.load(io.BytesIO(data), map_location=device)
-            except RuntimeError:
-                if not (trusted or trust_pickle):
-                    raise FIDError(f'--detector {source}: not a TorchScript archive (torch.jit.save); if it is a '
-                                   'torch.save file you trust, add --trust-pickle') from None
+            except RuntimeError:  # Not TorchScript: a torch.save archive (trusted above).
                 detector = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
         else:
-            if not (trusted or trust_pickle):
-                raise FIDError(f'--detector {source}: a plain pickle, which can run arbitrary code when loaded; '
-                               'use a TorchScript archive, or add --trust-pickle if you trust this file')
-            detector = pickle.loads(data)  # The trusted default detector, or an explicitly trusted file.
+            detector = pickle.loads(data)  # The checked default detector, or an explicitly trusted file.
     except FIDError:
         raise
     except Exception as e:  # pylint: disable=broad-except
-        raise FIDError(f'cannot load the feature detector {source}: {one_line(e)}') from None
+        raise FIDError(f'cannot load the feature detector {printable(source)}: {one_line(e)}') from None
     if not callable(detector):
-        raise FIDError(f'--detector {source}: the file does not hold a callable module')
+        raise FIDError(f'--detector {printable(source)}: the file does not hold a callable module')
     if hasattr(detector, 'to'):
         detector = detector.to(device)
+    release_memory()
     _detector_cache[key] = detector
     return detector
 
@@ -135,7 +156,7 @@ def load_detector(source=None, device='cpu', trust_pickle=False):
 
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, num_workers=3,
                               prefetch_factor=2, device=None, detector=None, trust_pickle=False, feature_dim=None,
-                              progress=True):
+                              progress=True, trust_detector=False, detector_sha256=None):
     """Mean [D] and covariance [D, D] (float64 numpy) of the detector features of the images in `image_path`.
 
     `image_path`: a folder (recursive) or a zip. With `num_expected`, a random subset of that many images (seeded
@@ -162,14 +183,16 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
     if detector is None or isinstance(detector, str):
         dist.print0('Loading feature detector...')
         source = detector
-        detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle))
+        detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle,
+                                                      trust_detector=trust_detector, sha256=detector_sha256))
 
     dist.print0(f'Calculating statistics for {len(dataset)} images...')
     batches = [b for b in dist.rank_batches(len(dataset), max_batch_size) if len(b) > 0]
     loader_kwargs = dict(num_workers=num_workers)
     if num_workers > 0:
         loader_kwargs.update(prefetch_factor=prefetch_factor)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_kwargs)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, pin_memory=(device.type == 'cuda'),
+                                         **loader_kwargs)
 
     mu = sigma = None
     try:
@@ -178,7 +201,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                 images = images.repeat([1, 3, 1, 1])
             try:
                 with torch.no_grad():
-                    features = detector(images.to(device), return_features=True)
+                    features = detector(images.to(device, non_blocking=True), return_features=True)
             except Exception as e:  # pylint: disable=broad-except
                 raise FIDError(f'the feature detector failed on uint8 images of shape {list(images.shape)}: '
                                f'{error_message(e)}') from None
@@ -353,8 +376,12 @@ def _common_options(fn):
     options = [
         click.option('--batch', help='Maximum batch size per process', metavar='INT',
                      type=click.IntRange(min=1), default=64, show_default=True),
-        click.option('--detector', help='TorchScript feature detector  [default: Inception-v3]',
-                     metavar='PATH|URL', type=str, default=None),
+        click.option('--detector', help='Feature detector file (code: needs --trust-detector)  [default: '
+                     'Inception-v3]', metavar='PATH|URL', type=str, default=None),
+        bool_option('--trust-detector', 'trust_detector',
+                    help='Run the --detector file, which is code (trusted files only)'),
+        click.option('--detector-sha256', 'detector_sha256', help='Expected SHA-256 of the detector file',
+                     metavar='HEX', type=str, default=None),
         bool_option('--trust-pickle', 'trust_pickle', help='Allow a plain pickle as --detector (runs code in it)'),
         click.option('--device', help='Torch device  [default: cuda if available, else cpu]', metavar='DEVICE',
                      type=str, default=None, callback=_device_callback),
@@ -385,11 +412,13 @@ def main():
         --ref=fid-refs/my-dataset.npz
 
     The default feature detector is the Inception-v3 network used by EDM and
-    StyleGAN3, downloaded once from NVIDIA's official URL and cached. It is
-    the one pickle this toolkit unpickles without --trust-pickle, because it
-    is a known file from a fixed source. --detector replaces it with a
-    TorchScript archive of a module called as detector(uint8 NCHW images,
-    return_features=True) that returns [N, D] features.
+    StyleGAN3, downloaded once from NVIDIA's official URL into a private cache;
+    its SHA-256 is recorded at download and checked on every use. It is the
+    one pickle this toolkit runs without being asked, because it is a known
+    file from a fixed source. --detector replaces it with a TorchScript
+    archive (or pickle) of a module called as detector(uint8 NCHW images,
+    return_features=True) that returns [N, D] features; such a file is code,
+    so it needs --trust-detector.
 
     Recent torchrun versions reject --num before the script as an ambiguous
     abbreviation of their own --numa-binding option; put -- before the
@@ -406,7 +435,8 @@ def main():
 @click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0,
               show_default=True)
 @_common_options
-def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle, device, workers):
+def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_detector, detector_sha256, trust_pickle,
+         device, workers):
     """Calculate FID of a set of images against reference statistics.
 
     With more than --num images, a random subset of --num images (chosen by
@@ -427,12 +457,14 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
                 raise FIDError(str(e)) from None
         mu_ref, sigma_ref = _rank0_first(load_ref)
         if is_run_dir(image_path):
-            _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle,
-                          device, workers)
+            trust = dict(trust_pickle=trust_pickle, trust_detector=trust_detector, sha256=detector_sha256)
+            _calc_run_dir(image_path, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust, device,
+                          workers)
             return
         mu, sigma = calculate_inception_stats(image_path=image_path, num_expected=num_expected, seed=seed,
                                               max_batch_size=batch, num_workers=workers, device=device,
                                               detector=detector, trust_pickle=trust_pickle,
+                                              trust_detector=trust_detector, detector_sha256=detector_sha256,
                                               feature_dim=mu_ref.shape[0])
         dist.print0('Calculating FID...')
         if dist.get_rank() == 0:
@@ -443,11 +475,11 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector, trust_pickle
         dist.shutdown()  # On every exit path (errors too): a process that exits in the group can abort.
 
 
-def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust_pickle, device,
+def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batch, detector, trust, device,
                   workers):
     if detector is None or isinstance(detector, str):
         source = detector
-        detector = _rank0_first(lambda: load_detector(source, device=device, trust_pickle=trust_pickle))
+        detector = _rank0_first(lambda: load_detector(source, device=device, **trust))
     rows = calc_run_dir(run_dir, mu_ref, sigma_ref, num_expected=num_expected, seed=seed, max_batch_size=batch,
                         num_workers=workers, device=device, detector=detector)
     if dist.get_rank() == 0:
@@ -462,13 +494,14 @@ def _calc_run_dir(run_dir, ref_path, mu_ref, sigma_ref, num_expected, seed, batc
 @click.option('--data', 'dataset_path', help='Dataset folder or zip', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--dest', 'dest_path', help='Output .npz file', metavar='NPZ', type=str, required=True)
 @_common_options
-def ref(dataset_path, dest_path, batch, detector, trust_pickle, device, workers):
+def ref(dataset_path, dest_path, batch, detector, trust_detector, detector_sha256, trust_pickle, device, workers):
     """Calculate reference statistics (mu, sigma) of a dataset for 'calc'."""
     check_output_path(dest_path, '--dest', folder=False)  # Before the work, not after it.
     try:
         device = dist.init(device)
         mu, sigma = calculate_inception_stats(image_path=dataset_path, max_batch_size=batch, num_workers=workers,
-                                              device=device, detector=detector, trust_pickle=trust_pickle)
+                                              device=device, detector=detector, trust_pickle=trust_pickle,
+                                              trust_detector=trust_detector, detector_sha256=detector_sha256)
         if dist.get_rank() == 0:
             dist.print0(f'Saving reference statistics to {dest_path}...')
             try:

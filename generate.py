@@ -1,8 +1,9 @@
-"""Generate images with a trained diffusion model (EDM, fast ODE samplers, CLD with gDDIM).
+"""Generate images with a trained diffusion model (EDM, fast ODE samplers, Itô–Taylor SDE sampler, CLD with gDDIM).
 
 Which sampler runs is decided by one rule, so every published command line keeps its meaning:
   (a) any of --disc/--schedule/--scaling  -> EDM's ablation sampler (--solver euler|heun, --steps);
   (b) else no --solver, or --solver=edm     -> EDM Algorithm 2 (Heun with churn; --steps, --S_* options);
+      --randn_like=ddb or --solver=itotaylor -> the Itô–Taylor SDE sampler on EDM's schedule (docs/itotaylor.md);
   (c) else the named fast solver            -> --num_steps timestamps (the GITS toolbox's meaning);
   (d) CLD networks                          -> gddim (default, NFE 50) or --solver=cld_em (samplers/selection.py).
 
@@ -12,18 +13,18 @@ into its ckpt_* folders (samplers.sweeps); PFGM++ networks start from their prio
 
 import json
 import os
-import pickle
 
 import click
 import numpy as np
 
 import dnnlib
 import samplers
-from dnnlib.cli import (BoolType, Command, FloatListType, IntListType, bool_option, check_output_path,
-                        unsupported_option)
+from dnnlib.cli import BoolType, Command, FloatListType, IntListType, bool_option, check_output_path
 from samplers import generation, pfgmpp, selection, sweeps
+from samplers.itotaylor import LAPLACIAN_METHODS
 from torch_utils import distributed as dist
 from torch_utils import persistence
+from torch_utils import precision as fast
 
 ODE_SOLVERS = tuple(samplers.solver_names(kind='ode'))
 TEACHERS = tuple(samplers.solver_names(kind='ode', teacher=True))
@@ -61,16 +62,17 @@ def load_net(network, trust_pickle, device, skip_without_network=False):
     `skip_without_network`: PFGM++ rewrites training-state-000000.pt with the raw network only)."""
     try:
         data = persistence.load_network(network, trust_pickle=trust_pickle)
-    except FileNotFoundError as e:
-        raise click.BadParameter(str(e), param_hint='--network')
     except persistence.NotANetworkError as e:
         if skip_without_network:
-            dist.print0(f'Skipping {network}: {e}')
+            dist.print0(f'Skipping: {e}')
             return None
-        raise click.ClickException(f'cannot load network {network}: {e}')
-    except (pickle.UnpicklingError, dnnlib.util.DownloadError, EOFError, ValueError, OSError) as e:
-        raise click.ClickException(f'cannot load network {network}: {e}')
-    return data['ema'].eval().requires_grad_(False).to(device)
+        raise click.BadParameter(f'cannot load network: {e}', param_hint='--network')
+    except dnnlib.util.InputError as e:
+        raise click.BadParameter(f'cannot load network: {e}', param_hint='--network')
+    net = data['ema'].eval().requires_grad_(False).to(device)
+    del data
+    fast.release_memory()  # Hand the loader's transient copy back to the OS before sampling starts.
+    return net
 
 
 def make_prior(net, opts):
@@ -133,8 +135,14 @@ def resolve_model(network, dataset_name, outdir, grid):
 @bool_option('--grid', help='Also save the images as one grid PNG next to the folder (OUTDIR-grid.png)')
 @bool_option('--trust-pickle', 'trust_pickle',
              help='Allow legacy unpickling, which runs code embedded in the checkpoint (trusted files only)')
+# Speed (torch_utils/precision.py).
+@click.option('--precision', help='Network precision: fp32, or autocast to bf16 (CPU, CUDA) or fp16 (CUDA)',
+              type=click.Choice(list(fast.PRECISIONS)), default='fp32', show_default=True)
+@bool_option('--compile', 'compile_net', help='torch.compile the network (the first batch compiles)')
+@bool_option('--tf32', help='Allow TF32 matrix products and convolutions on CUDA')
 # EDM sampler (Algorithm 2) and ablation sampler.
-@click.option('--steps', 'steps', help='EDM: number of noise levels (NFE = 2*steps-1)  [default: 18]',
+@click.option('--steps', 'steps', help='EDM and SDE samplers: number of noise levels (NFE = 2*steps-1)  '
+              '[default: 18]',
               metavar='INT', type=click.IntRange(min=2), default=None)
 @click.option('--sigma_min', help='Lowest noise level  [default: 0.002, clipped to the net]', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True), default=None)
@@ -144,14 +152,14 @@ def resolve_model(network, dataset_name, outdir, grid):
               type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option('--S_churn', 'S_churn', help='EDM: stochasticity strength  [default: 0]', metavar='FLOAT',
               type=click.FloatRange(min=0), default=None)
-@click.option('--S_min', 'S_min', help='EDM: stoch. min noise level  [default: 0]', metavar='FLOAT',
+@click.option('--S_min', 'S_min', help='EDM and SDE samplers: stoch. min noise level  [default: 0]', metavar='FLOAT',
               type=click.FloatRange(min=0), default=None)
-@click.option('--S_max', 'S_max', help='EDM: stoch. max noise level  [default: inf]', metavar='FLOAT',
+@click.option('--S_max', 'S_max', help='EDM and SDE samplers: stoch. max noise level  [default: inf]', metavar='FLOAT',
               type=click.FloatRange(min=0), default=None)
 @click.option('--S_noise', 'S_noise', help='EDM: stoch. noise inflation  [default: 1]', metavar='FLOAT',
               type=float, default=None)
-@click.option('--solver', help='edm (default), EDM ablation euler|heun, a fast solver, or for CLD networks gddim '
-              '(their default) or cld_em',
+@click.option('--solver', help='edm (default), EDM ablation euler|heun, a fast solver, the SDE samplers '
+              'itotaylor|edm_em, or for CLD networks gddim (their default) or cld_em',
               type=click.Choice(samplers.solver_names()), default=None)
 @click.option('--disc', help='Ablation: time step discretization', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
 @click.option('--schedule', help='Ablation: noise schedule sigma(t)', type=click.Choice(['vp', 've', 'linear']))
@@ -180,6 +188,11 @@ def resolve_model(network, dataset_name, outdir, grid):
 # SDE samplers.
 @click.option('--langevin', help='Langevin strength of the SDE samplers: 0 = probability-flow ODE, 1 = reverse SDE  '
               '[default: solver\'s]', metavar='FLOAT', type=click.FloatRange(min=0), default=None)
+@click.option('--randn_like', help='Noise drawn per step: db = Gaussian (EDM), ddb = (dW, dZ) pairs of the Ito-Taylor '
+              f'sampler (selects --solver=itotaylor)  [default: {selection.DEFAULT_RANDN_LIKE}]',
+              type=click.Choice(list(selection.RANDN_LIKE)), default=None)
+@click.option('--laplacian', help='itotaylor: Laplacian estimate of the weak-order-2 term  [default: hutchinson]',
+              type=click.Choice(list(LAPLACIAN_METHODS)), default=None)
 # GITS schedule search.
 @bool_option('--dp', help='GITS: search the time schedule by dynamic programming')
 @click.option('--metric', help='GITS: cost metric', type=click.Choice(['dev', 'l1', 'l2']), default='dev',
@@ -209,10 +222,8 @@ def resolve_model(network, dataset_name, outdir, grid):
               type=IntListType(), default=None)
 @click.option('--quant_bits', help='Robustness: weight quantisation bits (folders *_quant_B)', metavar='LIST',
               type=IntListType(), default=None)
-@unsupported_option('--randn_like', 'the Ito-Taylor SDE sampler (docs/design.md, planned model families) is not '
-                   'available')
 def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
-         **opts):
+         precision, compile_net, tf32, **opts):
     """Generate images with a diffusion model.
 
     \b
@@ -220,6 +231,12 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
     # 64 images from an official EDM model (EDM Algorithm 2, 18 steps)
     python generate.py --outdir=out --seeds=0-63 --batch=64 \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    \b
+    # The same in bfloat16 (autocast; faster on CPUs with AVX512-BF16 or AMX and on GPUs)
+    python generate.py --outdir=out --seeds=0-63 --precision=bf16 --network=net.pkl
+    \b
+    # Ito-Taylor SDE sampler (2nd-SED), 84 noise levels, rho = 3
+    python generate.py --outdir=out --network=net.pkl --steps=84 --randn_like=ddb --rho=3
     \b
     # iPNDM with a GITS-searched schedule (NFE 6)
     python generate.py --outdir=out --network=net.pkl --solver=ipndm --num_steps=7 --dp=True
@@ -247,15 +264,22 @@ def main(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_siz
         device = dist.init(device)
     except RuntimeError as e:
         raise click.BadParameter(str(e), param_hint='--device')
+    speed = dict(precision=precision, compile=compile_net, tf32=tf32)
     try:
         _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid,
-                  trust_pickle, opts)
+                  trust_pickle, opts, speed)
     finally:
         dist.shutdown()
 
 
 def _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_pickle,
-              opts):
+              opts, speed):
+    try:
+        note = fast.check(speed['precision'], device)
+    except fast.PrecisionError as e:
+        raise click.BadParameter(str(e), param_hint='--precision')
+    if note:
+        dist.print0(f'Warning: {note}.')
     if outdir is not None:
         check_outdir(outdir)
     if network is not None:
@@ -266,9 +290,11 @@ def _generate(network, dataset_name, outdir, seeds, subdirs, class_idx, max_batc
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint='--outdir') from None
         dist.print0(f'{len(targets)} checkpoint(s) of {outdir} in {opts["ckpt"]}..{opts["end_ckpt"]} kimg')
+    fast.set_tf32(speed['tf32'])
     for kimg, path in targets:
         net = load_net(path, trust_pickle, device, skip_without_network=kimg is not None)
         if net is not None:
+            net = fast.wrap(net, speed['precision'], device, compile=speed['compile'])
             _generate_one(net, path, kimg, dataset_name, outdir, seeds, subdirs, class_idx, max_batch_size, device,
                           grid, opts)
     dist.barrier()
@@ -301,14 +327,15 @@ def _generate_one(net, network, kimg, dataset_name, outdir, seeds, subdirs, clas
         sampler_kwargs.pop('num_steps', None)
         sampler_kwargs['t_steps'] = t_steps
 
-    nfe = selection.describe_nfe(kind, sampler_kwargs)
+    nfe = selection.describe_nfe(kind, sampler_kwargs, net)
+    cost = selection.describe_cost(kind, sampler_kwargs, net)
     if outdir is None:  # --dataset_name without --outdir: the GITS toolbox's folder.
         solver = sampler_kwargs.get('solver', 'edm')
         outdir = selection.toolbox_outdir(dataset_name, grid, solver, nfe)
         check_outdir(outdir)
     if found is not None and dist.get_rank() == 0:
         selection.write_json(os.path.join(outdir, f'{name}_schedule.json'), dict(search=search, t_steps=t_steps))
-    dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}')
+    dist.print0(f'Sampler: {kind} {json.dumps(sampler_kwargs)}; NFE = {nfe}' + (f' ({cost})' if cost else ''))
     chosen = sweeps.variants(opts['alpha'], opts['steps_sweep'], opts['quant_bits'])
     single = kimg is None and chosen == [None] and not opts['save_images']
     grid_path = generation.grid_path(outdir) if grid and single else None

@@ -12,6 +12,7 @@ import dnnlib
 from dnnlib.cli import (CollectiveError, Command, IntListType, bool_option, check_output_path,
                         unsupported_option)
 from torch_utils import distributed as dist
+from torch_utils import precision as fast
 from training import config, training_loop
 
 # ----------------------------------------------------------------------------
@@ -48,6 +49,10 @@ from training import config, training_loop
 @bool_option('--xflip', help='Enable dataset x-flips')
 # Performance-related.
 @bool_option('--fp16', help='Enable mixed-precision training (CUDA only)')
+@click.option('--precision', help='Autocast the network to bf16 (CPU, CUDA) or fp16 (CUDA)',
+              type=click.Choice(list(fast.PRECISIONS)), default='fp32', show_default=True)
+@bool_option('--compile', 'compile_net', help='torch.compile the network')
+@bool_option('--tf32', help='Allow TF32 on CUDA')
 @click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1,
               show_default=True)
 @bool_option('--bench', help='Enable cuDNN benchmarking', default=True)
@@ -72,6 +77,10 @@ from training import config, training_loop
 @click.option('--transfer', '--pretrain', 'transfer', help='Transfer learning from network pickle', metavar='PKL|URL',
               type=str)
 @click.option('--resume', help='Resume from previous training state', metavar='PT', type=str)
+@bool_option('--trust-pickle', 'trust_pickle',
+             help='Allow legacy unpickling of --transfer, which runs code embedded in it (trusted files only)')
+@click.option('--snapshot-format', 'snapshot_format', help='Network snapshots as EDM pickles or safetensors',
+              type=click.Choice(['pickle', 'safetensors']), default='pickle', show_default=True)
 @bool_option('-n', '--dry-run', 'dry_run', help='Print training options and exit')
 # FDM (Wu et al. 2023) and PFGM++ (Xu et al. 2023); see docs/fdm_pfgmpp.md.
 @click.option('--warmup_ite', help='FDM: loss-weight warm-up length (0 = none)', metavar='STEPS',
@@ -123,6 +132,12 @@ def _train(opts):
         raise click.ClickException(str(e))
     if opts.fp16 and device.type != 'cuda':
         dist.print0('Note: --fp16 only takes effect on CUDA; this run computes in float32.')
+    try:
+        note = fast.check(opts.precision, device)
+    except fast.PrecisionError as e:
+        raise click.BadParameter(str(e), param_hint='--precision')
+    if note:
+        dist.print0(f'Warning: {note}.')
     for key, needs in (('aug_dim', 'pfgmpp'), ('rbatch', 'stf')):
         if opts[key] is not None and not opts[needs]:
             dist.print0(f'Note: --{key} is used only with --{needs}=1; ignored.')
@@ -137,16 +152,17 @@ def _train(opts):
         elif c.seed is None:
             c.seed = dist.broadcast_object(secrets.randbelow(1 << 31))
         dataset_name = config.check_dataset(c)
-        transfer_net = training_loop.load_transfer(opts.transfer, c) if opts.transfer else None
+        transfer_net = training_loop.load_transfer(opts.transfer, c, opts.trust_pickle) if opts.transfer else None
         if resume_state is not None:
             training_loop.check_resume(resume_state, c, path=f'--resume={opts.resume}')
         desc = config.run_desc(dataset_name, opts.cond, opts.arch, opts.precond, dist.get_world_size(), opts.batch,
-                               opts.fp16, opts.desc)
+                               opts.fp16, opts.desc, precision=opts.precision)
         run_dir = config.choose_run_dir(opts.outdir, desc, name=opts.name, nosubdir=opts.nosubdir, resume=opts.resume)
-    except config.ConfigError as e:
+    except config.ConfigError as e:   # Also TrainingStateError: every process reads the same file.
         raise CollectiveError(str(e))
     run_dir = dist.broadcast_object(run_dir)
     c.run_dir = run_dir
+    c.snapshot_format = opts.snapshot_format
     c.device = str(device)
 
     # Print options (and keep them for log.txt, which is opened once the run directory exists).
@@ -159,7 +175,8 @@ def _train(opts):
         f'Preconditioning & loss:  {opts.precond}',
         f'Number of processes:     {dist.get_world_size()} ({device.type})',
         f'Batch size:              {c.batch_size}',
-        f'Mixed-precision:         {c.network_kwargs.use_fp16 and device.type == "cuda"}', '']) + '\n'
+        f'Mixed-precision:         {c.network_kwargs.use_fp16 and device.type == "cuda"}',
+        f'Autocast precision:      {opts.precision}', '']) + '\n'
     dist.print0(summary, end='')
     if opts.dry_run:
         dist.print0('Dry run; exiting.')

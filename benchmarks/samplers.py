@@ -37,9 +37,9 @@ NFES = (4, 5, 6, 8, 10, 20)
 LEARN_NFES = (4, 5, 6, 8, 10)
 PARTS = ('accuracy', 'learned', 'orders', 'fixture', 'demo')
 
-# Rows come from the solver registry: every registered solver at its highest order (deterministic for
-# stochastic ones), plus the variants below that deserve their own row, plus a "+ AFS" row for every
-# one-evaluation 'ode' solver (the analytical first step buys one more timestamp at the same NFE).
+# Rows come from the solver registry: every registered solver that needs only D(x; sigma), at its highest order
+# and deterministic (langevin=0, no churn), plus the variants below that deserve their own row, plus a "+ AFS" row
+# for every one-evaluation 'ode' solver (the analytical first step buys one more timestamp at the same NFE).
 EXTRA_VARIANTS = [('deis', dict(deis_mode='rhoab'), 'rhoAB')]
 
 
@@ -57,6 +57,8 @@ def make_rows():
         if spec.needs != 'denoiser':
             continue
         top = dict(max_order=spec.max_order) if spec.max_order else {}
+        if 'langevin' in spec.defaults:
+            top['langevin'] = 0.0  # the deterministic member of an SDE family (this table compares ODE solutions)
         variants = [(_label(spec), top)] + [(_label(spec, note), {**top, **extra})
                                             for name, extra, note in EXTRA_VARIANTS if name == spec.name]
         rows += [(label, spec.name, options, False) for label, options in variants]

@@ -7,6 +7,7 @@ import importlib
 import io
 import os
 import re
+import stat
 import tempfile
 import time
 import urllib.parse
@@ -97,7 +98,8 @@ def set_cache_dir(path):
 
 
 def make_cache_dir_path(*paths):
-    """Cache location: set_cache_dir() > $DNNLIB_CACHE_DIR > ~/.cache/dnnlib > <tmp>/.cache/dnnlib."""
+    """Cache location: set_cache_dir() > $DNNLIB_CACHE_DIR > ~/.cache/dnnlib > <tmp>/dnnlib-cache-<user id> (a
+    folder of this user's own, never the shared temporary directory itself; see `private_dir`)."""
     if _cache_dir is not None:
         return os.path.join(_cache_dir, *paths)
     if 'DNNLIB_CACHE_DIR' in os.environ:
@@ -105,7 +107,28 @@ def make_cache_dir_path(*paths):
     for var in ('HOME', 'USERPROFILE'):
         if var in os.environ:
             return os.path.join(os.environ[var], '.cache', 'dnnlib', *paths)
-    return os.path.join(tempfile.gettempdir(), '.cache', 'dnnlib', *paths)
+    user = os.getuid() if hasattr(os, 'getuid') else os.environ.get('USERNAME', 'user')
+    return os.path.join(tempfile.gettempdir(), f'dnnlib-cache-{user}', *paths)
+
+
+def private_dir(path):
+    """Create the cache folder `path` (mode 0700) if needed and check that no other user can plant files in it:
+    a real folder (not a symbolic link), owned by this user, not writable by group or others. Returns `path`;
+    raises InputError otherwise (POSIX only)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.name != 'posix':
+        return path
+    st = os.lstat(path)
+    fix = f'set DNNLIB_CACHE_DIR to a folder of your own, or fix it with chmod go-w {printable(path)}'
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise InputError(f'cache folder {printable(path)} is a symbolic link or not a folder; refusing to use it; '
+                         f'{fix}')
+    if st.st_uid != os.getuid():
+        raise InputError(f'cache folder {printable(path)} belongs to another user; refusing to use it; {fix}')
+    if st.st_mode & 0o022:
+        raise InputError(f'cache folder {printable(path)} can be written by other users (mode '
+                         f'{stat.S_IMODE(st.st_mode):o}); refusing to use it; {fix}')
+    return path
 
 
 def is_url(obj, allow_file_urls=False):
@@ -159,7 +182,8 @@ def open_url(url, cache_dir=None, num_attempts=5, verbose=True, return_filename=
     """Open a local path, a file:// URL or an http(s) URL as a binary file object.
 
     Downloads are cached under `cache_dir` (default: make_cache_dir_path('downloads'), overridable with
-    $DNNLIB_CACHE_DIR) and written atomically. With `return_filename=True` the local file name is returned
+    $DNNLIB_CACHE_DIR; a private folder, see `private_dir`) and written atomically. With `return_filename=True`
+    the local file name is returned
     instead (requires a path, a file:// URL or `cache=True`).
     """
     assert num_attempts >= 1
@@ -180,8 +204,11 @@ def open_url(url, cache_dir=None, num_attempts=5, verbose=True, return_filename=
 
     if cache_dir is None:
         cache_dir = make_cache_dir_path('downloads')
+        if cache:
+            private_dir(make_cache_dir_path())
     url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
     if cache:
+        private_dir(cache_dir)
         hits = glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + '_*'))
         if len(hits) == 1:
             return hits[0] if return_filename else open(hits[0], 'rb')
@@ -196,6 +223,56 @@ def open_url(url, cache_dir=None, num_attempts=5, verbose=True, return_filename=
         if return_filename:
             return path
     return io.BytesIO(data)
+
+
+def open_trusted_url(url, sha256=None, num_attempts=5, verbose=True, timeout=60):
+    """The bytes of a file that will be run as code (e.g. a pickle from a fixed official URL), verified.
+
+    A download is cached in the private cache folder (`private_dir`) together with a record of its SHA-256
+    (`<file>.sha256`). A cached copy is used only if its hash equals that record (or `sha256`, the expected hex
+    digest, if given); otherwise the file is downloaded again. A download whose hash differs from `sha256` is
+    refused (DownloadError). Local paths and file:// URLs are read directly, and checked against `sha256` if given.
+    The hash is computed on the returned bytes themselves.
+    """
+    expected = sha256.lower() if sha256 else None
+    if expected is not None and not re.fullmatch(r'[0-9a-f]{64}', expected):
+        raise InputError(f'{printable(sha256)} is not a SHA-256 digest (64 hexadecimal digits)')
+    if not is_url(url):
+        with open_url(url) as f:
+            data = f.read()
+        digest = hashlib.sha256(data).hexdigest()
+        if expected is not None and digest != expected:
+            raise InputError(f'{printable(url)} has SHA-256 {digest}, expected {expected}')
+        return data
+    private_dir(make_cache_dir_path())
+    cache_dir = private_dir(make_cache_dir_path('downloads'))
+    url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
+    for path in glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + '_*')):
+        if path.endswith('.sha256'):
+            continue
+        try:
+            with open(path + '.sha256', encoding='ascii') as f:
+                record = f.read().strip()
+            with open(path, 'rb') as f:
+                data = f.read()
+        except (OSError, UnicodeDecodeError):
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == (expected or record) and digest == record:
+            return data
+        if verbose:
+            print(f'Cached copy of {url} does not match the SHA-256 recorded when it was downloaded; '
+                  'downloading it again.', flush=True)
+    data, headers = _download(url, num_attempts=num_attempts, verbose=verbose, timeout=timeout)
+    digest = hashlib.sha256(data).hexdigest()
+    if expected is not None and digest != expected:
+        raise DownloadError(f'downloaded {url} has SHA-256 {digest}, expected {expected}; not used')
+    path = os.path.join(cache_dir, _cache_file_name(url, headers))
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)
+    with atomic_path(path + '.sha256') as tmp, open(tmp, 'w', encoding='ascii') as f:
+        f.write(digest + '\n')
+    return data
 
 
 def _download(url, num_attempts, verbose, timeout):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from torch_utils import persistence
+from torch_utils import precision as fast
 
 from .edm import edm_sampler
 from .generation import make_grid, save_png, to_uint8
@@ -82,11 +83,20 @@ def grid_name(dataset, network=None):
     return re.sub(r'[^0-9A-Za-z._-]', '_', stem).lstrip('.') or 'network'
 
 
-def run(dataset='digits', network=None, outdir='.', seed=0, steps=None, cols=None, device=None, trust_pickle=False):
-    """Load the model, sample its grid and save `outdir/<grid_name(dataset, network)>.png`; returns the path."""
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+def default_device(device=None):
+    """`device`, or CUDA if available, else the CPU."""
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+def run(dataset='digits', network=None, outdir='.', seed=0, steps=None, cols=None, device=None, trust_pickle=False,
+        precision='fp32'):
+    """Load the model, sample its grid and save `outdir/<grid_name(dataset, network)>.png`; returns the path.
+    `precision`: see torch_utils.precision."""
+    device = default_device(device)
     url = network or network_url(dataset)
-    net = persistence.load_network(url, trust_pickle=trust_pickle)['ema'].to(device).eval()
+    net = persistence.load_network(url, trust_pickle=trust_pickle)['ema'].to(device).eval().requires_grad_(False)
+    fast.release_memory()
+    net = fast.wrap(net, precision, device)
     sampler_kwargs = dict(MODELS[dataset]['sampler'])
     if steps is not None:
         sampler_kwargs['num_steps'] = steps

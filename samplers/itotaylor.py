@@ -38,6 +38,7 @@ import math
 
 import torch
 
+from .registry import SolverSpec, register_solver
 from .stepping import StepRecord
 
 LAPLACIAN_METHODS = ('hutchinson', 'symmetric', 'none')
@@ -245,6 +246,20 @@ def itotaylor_cost(num_steps, *, langevin=1.0, laplacian=DEFAULT_LAPLACIAN, S_mi
     return dict(forward=forward, jvp=taylor, jvp2=noisy * per_noisy[2])
 
 
-__all__ = ['LAPLACIAN_METHODS', 'DEFAULT_LAPLACIAN', 'sde_coefficients', 'increments', 'rademacher_like',
+
+def _cost(num_steps, options, t_steps=None):
+    return itotaylor_cost(num_steps, t_steps=t_steps, **options)
+
+
+# Kind 'edm' (EDM's schedule with a final zero, float64 state); samplers.sample(net, latents, solver='itotaylor',
+# num_steps=N, schedule_rho=rho, langevin=..., S_min=..., S_max=..., laplacian=...). NFE counts a JVP as one pass.
+SDE_OPTIONS = dict(langevin=1.0, S_min=0.0, S_max=float('inf'))
+register_solver(SolverSpec('itotaylor', itotaylor, dict(SDE_OPTIONS, laplacian=DEFAULT_LAPLACIAN), kind='edm',
+                           cost=_cost, order=2, stochastic=True, needs='jvp', teacher=False,
+                           doc='Ito-Taylor step of EDM\'s reverse SDE (weak order 2, forward-mode AD)'))
+register_solver(SolverSpec('edm_em', euler_maruyama, dict(SDE_OPTIONS), kind='edm', order=1, stochastic=True,
+                           teacher=False, doc='Euler-Maruyama on EDM\'s reverse SDE (weak order 1)'))
+
+__all__ = ['SDE_OPTIONS', 'LAPLACIAN_METHODS', 'DEFAULT_LAPLACIAN', 'sde_coefficients', 'increments', 'rademacher_like',
            'laplacian_estimate', 'itotaylor_step', 'euler_maruyama_step', 'itotaylor', 'euler_maruyama',
            'itotaylor_cost']

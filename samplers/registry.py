@@ -26,6 +26,9 @@ from typing import Callable, Optional
 
 KINDS = ('ode', 'edm', 'cld')
 NEEDS = ('denoiser', 'jvp', 'cld')  # what the solver asks of the model: D(x; sigma), also JVPs of D, or a CLD net
+# The sorts of network pass a `SolverSpec.cost` counts: plain forward passes, first-order Jacobian-vector products
+# (one pass on dual numbers, which also returns D) and nested forward-over-forward JVPs (second derivatives).
+COST_NAMES = dict(forward='forward pass', jvp='JVP', jvp2='nested JVP')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +40,10 @@ class SolverSpec:
     defaults: the options the solver accepts, with their defaults (anything else is refused).
     evals_per_step: model evaluations per step (NFE = evals_per_step * steps, adjusted by `nfe`).
     nfe: optional `nfe(num_steps, options) -> int` replacing the default count (before AFS/denoise_to_zero).
-    prepare: optional `prepare(t_steps, **options) -> options`, run once per sampling call ('ode', 'cld'): checks
+    cost: optional `cost(num_steps, options, t_steps=None) -> dict` for solvers whose network passes are not all
+      plain forward passes: the number of passes of each sort (keys of `COST_NAMES`, e.g. forward passes and JVPs);
+      `t_steps` is the solver's schedule where the count depends on it. Without `nfe`, NFE is their sum.
+    prepare: optional `prepare(t_steps, **options) -> options`, run once per sampling call: checks
       the options and precomputes what every step needs (e.g. a coefficient table); its result goes to `fn`.
     schedule: optional `schedule(num_steps, sigma_min, sigma_max, device=None, dtype=None, **options) -> t_steps`
       ('ode' kind): the solver's own default timestamps, used instead of `get_schedule` (schedule_type and
@@ -58,6 +64,7 @@ class SolverSpec:
     kind: str = 'ode'
     evals_per_step: int = 1
     nfe: Optional[Callable] = None
+    cost: Optional[Callable] = None
     prepare: Optional[Callable] = None
     schedule: Optional[Callable] = None
     state_dtype: Optional[object] = None
@@ -76,18 +83,26 @@ class SolverSpec:
         if (self.max_order is None) != ('max_order' not in self.defaults):
             raise ValueError(f'SolverSpec {self.name!r}: max_order and defaults["max_order"] go together')
 
-    def count_nfe(self, num_steps, afs=False, denoise_to_zero=False, **options):
-        """Model evaluations of `samplers.sample(solver=name, num_steps=num_steps, ...)`."""
+    def count_nfe(self, num_steps, afs=False, denoise_to_zero=False, t_steps=None, **options):
+        """Model evaluations of `samplers.sample(solver=name, num_steps=num_steps, ...)` (a JVP counts as one)."""
         options = self.check_options(options)
         num_steps = int(num_steps)
         if self.nfe is not None:
             nfe = self.nfe(num_steps, options)
+        elif self.cost is not None:
+            nfe = sum(self.cost(num_steps, options, t_steps).values())
         else:
             steps = num_steps - 1 if self.kind == 'ode' else num_steps
             nfe = self.evals_per_step * steps
         if self.kind == 'ode':
             nfe += int(bool(denoise_to_zero)) - int(bool(afs))
         return nfe
+
+    def count_cost(self, num_steps, t_steps=None, **options):
+        """Network passes of each sort (keys of `COST_NAMES`); all plain forward passes unless `cost` is given."""
+        if self.cost is None:
+            return dict(forward=self.count_nfe(num_steps, **options))
+        return dict(self.cost(int(num_steps), self.check_options(options), t_steps))
 
     def check_options(self, options):
         """Options merged with the defaults; TypeError naming any option the solver does not accept."""
@@ -149,6 +164,19 @@ def check_solver_options(solver, options):
     return get_solver(solver).check_options(options)
 
 
+def solver_cost(solver, num_steps, t_steps=None, **options):
+    """Network passes of each sort (`COST_NAMES`) of `samplers.sample(solver=..., num_steps=...)`; `t_steps`, the
+    solver's schedule, where the count depends on it (e.g. `itotaylor` with a noise window [S_min, S_max])."""
+    return get_solver(solver).count_cost(num_steps, t_steps=t_steps, **options)
+
+
+def describe_cost(cost):
+    """'1 forward pass + 3 JVPs + 3 nested JVPs' (sorts that occur, in the order of `COST_NAMES`)."""
+    parts = [f'{cost[k]} {name}{"es" if name.endswith("s") else "s"}' if cost[k] != 1 else f'1 {name}'
+             for k, name in COST_NAMES.items() if cost.get(k)]
+    return ' + '.join(parts) or 'no network pass'
+
+
 def solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options):
     """Number of net evaluations of `samplers.sample(solver=..., num_steps=...)`.
 
@@ -159,5 +187,5 @@ def solver_nfe(solver, num_steps, afs=False, denoise_to_zero=False, **options):
     return get_solver(solver).count_nfe(num_steps, afs=afs, denoise_to_zero=denoise_to_zero, **options)
 
 
-__all__ = ['SolverSpec', 'SOLVERS', 'register_solver', 'unregister_solver', 'get_solver', 'solver_names',
-           'option_names', 'solver_defaults', 'check_solver_options', 'solver_nfe']
+__all__ = ['SolverSpec', 'SOLVERS', 'COST_NAMES', 'register_solver', 'unregister_solver', 'get_solver', 'solver_names',
+           'option_names', 'solver_defaults', 'check_solver_options', 'solver_cost', 'describe_cost', 'solver_nfe']

@@ -1,7 +1,10 @@
 """`samplers.sample`: one entry point for every registered solver."""
 
+import warnings
+
 import torch
 
+from torch_utils import precision as fast
 from .priors import resolve_prior
 from .registry import get_solver, solver_names
 from .schedules import as_schedule, clip_sigma_range, edm_schedule, gddim_schedule, get_schedule
@@ -33,7 +36,8 @@ def _explicit_steps(t_steps, num_steps, device, dtype):
 
 def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=None, sigma_min=0.002, sigma_max=80,
            schedule_type='polynomial', schedule_rho=7, afs=False, denoise_to_zero=False, randn_like=None,
-           generator=None, prior=None, callback=None, return_trajectory=False, model_kwargs=None, **solver_options):
+           generator=None, prior=None, callback=None, return_trajectory=False, model_kwargs=None, precision=None,
+           **solver_options):
     """Turn unit-variance `latents` into samples with a registered solver (`samplers.SOLVERS`).
 
     solver: a registered name, e.g. 'euler', 'heun', 'dpm', 'dpmpp', 'ipndm', 'ipndm_v', 'deis', 'unipc' (kind
@@ -58,6 +62,8 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
     return_trajectory: also return the stacked states [steps + 1 (+1 with denoise_to_zero), *latents.shape]; for
       kind 'cld' the states u = (x, v) [steps + 1, B, 2C, H, W] before the final denoising call.
     model_kwargs: extra keyword arguments for every net call.
+    precision: None (call `net` as it is), 'fp32', 'bf16' or 'fp16': the net calls run under autocast
+      (`torch_utils.precision.wrap`); the solver's own arithmetic keeps its precision.
     solver_options: per-solver options (`samplers.solver_defaults(solver)` lists them); unknown ones raise TypeError.
 
     Kinds 'ode' and 'cld' run in float32 (as the GITS toolbox) unless `latents` are float64 or the solver sets its
@@ -66,6 +72,11 @@ def sample(net, latents, class_labels=None, *, solver, num_steps=None, t_steps=N
     spec = get_solver(solver)
     options = spec.check_options(solver_options)
     check_net(net, spec)
+    if precision is not None:
+        note = fast.check(precision, latents.device)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        net = fast.wrap(net, precision, latents.device, channels_last=False)
     if randn_like is None:
         randn_like = torch.randn_like if generator is None else generator.randn_like
     device = latents.device

@@ -5,6 +5,9 @@ of the network (`FAMILIES`):
   scalar-sigma denoisers (EDM and the other formulations of `training.networks`):
   (a) any of the ablation options (--disc/--schedule/--scaling) -> EDM's ablation sampler (euler|heun, --steps);
   (b) else no --solver, or --solver=edm                        -> EDM Algorithm 2 (--steps, --S_* options);
+      --randn_like=ddb without --solver, or a named 'edm'-kind
+      solver (--solver=itotaylor|edm_em)                         -> that solver on EDM's schedule (--steps, --rho,
+                                                                     --S_min/--S_max, --langevin);
   (c) else the named 'ode' solver                              -> --num_steps timestamps (the GITS toolbox's meaning);
   a family with its own solvers (CLD: 'cld' kind):
   (d) the named solver of the family, or its default           -> --num_steps timestamps of its own grid.
@@ -15,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import types
 
 import torch
 
@@ -25,9 +29,9 @@ from . import generation
 from .demo import pretrained_url
 from .gits import gits_schedule
 from .learn import DEFAULT_TEACHER, SEARCH_SETTINGS, learn_schedule
-from .registry import SOLVERS, get_solver, option_names, solver_names
+from .registry import SOLVERS, describe_cost as _describe_cost, get_solver, option_names, solver_names
 from .sampling import CLD_DEFAULT_NUM_STEPS, DEFAULT_NUM_STEPS, EDM_DEFAULT_NUM_STEPS, sample
-from .schedules import clip_sigma_range, gddim_schedule, get_schedule
+from .schedules import clip_sigma_range, edm_schedule, gddim_schedule, get_schedule
 
 ABLATION_KEYS = ('disc', 'schedule', 'scaling')
 ABLATION_TARGETS = dict(disc='discretization', schedule='schedule', scaling='scaling')
@@ -41,6 +45,13 @@ FAMILIES = {
     'denoiser': dict(attribute=None, kinds=('edm', 'ode'), default=None, what='a scalar-sigma denoiser'),
     'cld': dict(attribute='cld', kinds=('cld',), default=('gddim', CLD_DEFAULT_NUM_STEPS), what='a CLD network'),
 }
+# --randn_like (the 2nd-SED project's option): the noise a sampler draws per step. `solver`: the solver a value
+# selects without --solver (None: rules (a)-(c) decide); a solver draws the value that names it, else 'db'.
+RANDN_LIKE = {
+    'db': dict(solver=None, what='plain Gaussian noise, as in EDM Algorithm 2'),
+    'ddb': dict(solver='itotaylor', what='correlated pairs of Brownian increments and their time integrals'),
+}
+DEFAULT_RANDN_LIKE = 'db'
 # Options that only rules (a)-(c) use (the 'edm' solver's own options are added where used).
 _DENOISER_KEYS = ABLATION_KEYS + ('steps', 'rho', 'sigma_min', 'sigma_max') + ODE_KEYS[1:]
 
@@ -76,9 +87,13 @@ def toolbox_outdir(dataset_name, grid=False, solver=None, nfe=None):
 
 def describe_rule():
     """The selection rule in one paragraph (for --help)."""
+    sde = '|'.join(n for n in solver_names(kind='edm') if n != 'edm')
+    picks = ', '.join(f'--randn_like={k} selects --solver={v["solver"]}' for k, v in RANDN_LIKE.items() if v['solver'])
     return ('Sampler rule: (a) any of --disc/--schedule/--scaling selects EDM\'s ablation sampler (--solver '
             'euler|heun, --steps); (b) otherwise no --solver or --solver=edm runs EDM Algorithm 2 (--steps, '
-            '--S_churn/--S_min/--S_max/--S_noise); (c) otherwise the named solver runs with --num_steps timestamps '
+            f'--S_churn/--S_min/--S_max/--S_noise), and --solver={sde} runs that SDE sampler on EDM\'s schedule '
+            f'(--steps, --rho, --S_min/--S_max, --langevin; without --solver, {picks}); (c) otherwise the named '
+            'solver runs with --num_steps timestamps '
             f'(no trailing zero). (d) CLD networks run --solver={"|".join(family_solvers("cld"))} (default gddim, '
             f'--num_steps={CLD_DEFAULT_NUM_STEPS}, NFE = num_steps) with --max_order and --langevin.')
 
@@ -122,12 +137,14 @@ def _options_apply(keys):
     return f'{", ".join("--" + k for k in keys)} only {"applies" if len(keys) == 1 else "apply"}'
 
 
-def _refuse(opts, keys, what, hint=''):
+def _refuse(opts, keys, what, hint='', accepted=None):
+    """Refuse the fast-solver options `keys` and the solver options outside `accepted` (default: EDM's)."""
     given = _given(opts, keys)
     if given:
         raise OptionError(f'{_options_apply(given)} to the fast solvers '
                           f'(--solver={"|".join(solver_names(kind="ode"))}), not to {what}{hint}')
-    for key in _given(opts, [k for k in option_names() if k not in keys and k not in _edm_options()]):
+    accepted = _edm_options() if accepted is None else list(accepted)
+    for key in _given(opts, [k for k in option_names() if k not in keys and k not in accepted]):
         users = [spec.name for spec in SOLVERS.values() if key in spec.defaults]
         raise OptionError(f'--{key} only applies to --solver={"|".join(users)}, not to {what}')
 
@@ -146,13 +163,41 @@ def _sigmas(opts):
     return {k: opts[k] for k in ('sigma_min', 'sigma_max') if opts.get(k) is not None}
 
 
+def _noise_of(solver):
+    """The --randn_like value `solver` draws (None: EDM's samplers)."""
+    return next((k for k, v in RANDN_LIKE.items() if solver is not None and v['solver'] == solver),
+                DEFAULT_RANDN_LIKE)
+
+
+def named_solver(opts):
+    """--solver, else the solver that --randn_like selects (None: the rule decides). OptionError for an unknown
+    --randn_like or one that does not fit the sampler."""
+    solver, noise = opts.get('solver'), opts.get('randn_like')
+    if noise is None:
+        return solver
+    if noise not in RANDN_LIKE:
+        raise OptionError(f'{dnnlib.util.printable(str(noise))!r} is not one of {", ".join(RANDN_LIKE)}',
+                          param='randn_like')
+    ablation = _given(opts, ABLATION_KEYS)
+    if solver is None and not ablation:
+        solver = RANDN_LIKE[noise]['solver']
+    own = 'db' if ablation else _noise_of(solver)
+    if noise != own:
+        what = ("EDM's ablation sampler (--disc/--schedule/--scaling)" if ablation else
+                f'--solver={solver}' if solver else "EDM's sampler")
+        raise OptionError(f'--randn_like={noise} does not fit {what}: it takes --randn_like={own} '
+                          f'({RANDN_LIKE[own]["what"]})', param='randn_like')
+    return solver
+
+
 def choose_sampler(opts, note=print, family='denoiser'):
     """Apply the selection rule to parsed options (None = not given) for a network of `family` (see `net_family`).
     Returns (kind, sampler_kwargs), kind being 'ablation', 'edm', 'fast' or 'cld'; `note` receives messages about
     ignored options."""
-    solver = opts.get('solver')
+    solver = named_solver(opts)
     if solver is not None and solver_family(solver) != family:
-        raise OptionError(f'--solver={solver} needs {FAMILIES[solver_family(solver)]["what"]}, but the network is '
+        named = f'--solver={solver}' if opts.get('solver') else f'--randn_like={opts["randn_like"]} (--solver={solver})'
+        raise OptionError(f'{named} needs {FAMILIES[solver_family(solver)]["what"]}, but the network is '
                           f'{FAMILIES[family]["what"]}; use --solver={"|".join(family_solvers(family))}')
     if FAMILIES[family]['default'] is not None:
         return _choose_family_solver(opts, note, family)
@@ -170,11 +215,13 @@ def choose_sampler(opts, note=print, family='denoiser'):
         kwargs.update({ABLATION_TARGETS[k]: opts[k] for k in ABLATION_KEYS if opts.get(k) is not None})
         return 'ablation', {**kwargs, **_sigmas(opts)}
 
-    if solver in (None, 'edm'):
-        _refuse(opts, _ode_options(), 'EDM\'s sampler (no --solver or --solver=edm)',
-                '; name a fast --solver to use them')
-        return 'edm', dict(num_steps=EDM_DEFAULT_NUM_STEPS if steps is None else steps, rho=rho, **churn,
-                           **_sigmas(opts))
+    if solver is None or get_solver(solver).kind == 'edm':  # EDM's schedule: Algorithm 2 or an SDE solver.
+        spec = get_solver(solver or 'edm')
+        what = 'EDM\'s sampler (no --solver or --solver=edm)' if spec.name == 'edm' else f'--solver={spec.name}'
+        _refuse(opts, _ode_options(), what, '; name a fast --solver to use them', accepted=spec.defaults)
+        own = {k: opts[k] for k in spec.defaults if opts.get(k) is not None}
+        return 'edm', dict(solver=spec.name, num_steps=EDM_DEFAULT_NUM_STEPS if steps is None else steps, rho=rho,
+                           **own, **_sigmas(opts))
 
     spec = get_solver(solver)
     if steps is not None:
@@ -197,7 +244,7 @@ def choose_sampler(opts, note=print, family='denoiser'):
             raise OptionError('must be at least two strictly decreasing positive noise levels', param='t_steps')
         if opts.get('dp'):
             note('Note: --t_steps given, so the GITS search (--dp) is skipped.')
-        if kwargs['schedule_type'] == 'learned':
+        if kwargs.get('schedule_type') == 'learned':
             note('Note: --t_steps given, so the schedule is not learned (--schedule_type=learned).')
         kwargs['t_steps'] = t_steps
     else:
@@ -224,7 +271,8 @@ def _choose_family_solver(opts, note, family):
 def precheck(opts):
     """Check options before the network is loaded: an OptionError if no family the options may be meant for (with
     --solver, the solver's family) accepts them. Its message gives every family's reason."""
-    families = [solver_family(opts['solver'])] if opts.get('solver') else list(FAMILIES)
+    solver = named_solver(opts)
+    families = [solver_family(solver)] if solver else list(FAMILIES)
     errors = []
     for family in families:
         try:
@@ -243,7 +291,7 @@ def check_sampler(kind, kwargs):
         return
     options = {k: v for k, v in kwargs.items() if k in SOLVERS[kwargs['solver']].defaults}
     spec = get_solver(kwargs['solver'])
-    if kwargs['schedule_type'] == 'learned' and spec.stochastic and 't_steps' not in kwargs:
+    if kwargs.get('schedule_type') == 'learned' and spec.stochastic and 't_steps' not in kwargs:
         raise OptionError(f'--schedule_type=learned needs a deterministic solver (--solver={spec.name} draws noise)')
     if spec.prepare is not None:
         probe = gddim_schedule(5) if kind == 'cld' else torch.tensor([80.0, 1.0, 0.5, 0.1, 0.002])
@@ -261,7 +309,7 @@ def check_net(kind, kwargs, net):
         return
     spec = get_solver(kwargs['solver'])
     lo, hi = clip_sigma_range(net, kwargs.get('sigma_min', 0.002), kwargs.get('sigma_max', 80))
-    schedule_type = 'polynomial' if kwargs['schedule_type'] == 'learned' else kwargs['schedule_type']
+    schedule_type = 'polynomial' if kwargs.get('schedule_type') == 'learned' else kwargs['schedule_type']
     try:
         t_steps = get_schedule(kwargs['num_steps'], lo, hi, schedule_type, kwargs['schedule_rho'], net=net)
         if spec.prepare is not None:
@@ -270,17 +318,40 @@ def check_net(kind, kwargs, net):
         raise OptionError(f'this network: {e}') from None
 
 
-def describe_nfe(kind, kwargs):
-    """Network evaluations per image of the chosen sampler."""
+# Without the network, EDM schedules are counted unclipped and unrounded (exact for EDMPrecond nets).
+_ANY_NET = types.SimpleNamespace(sigma_min=0, sigma_max=math.inf, round_sigma=lambda sigma: sigma)
+
+
+def _edm_levels(kwargs, net):
+    """The EDM schedule of an 'edm'-kind choice on `net`."""
+    return edm_schedule(net or _ANY_NET, kwargs['num_steps'], kwargs.get('sigma_min', 0.002), kwargs.get('sigma_max', 80),
+                        kwargs['rho'])
+
+
+def describe_nfe(kind, kwargs, net=None):
+    """Network evaluations per image of the chosen sampler (a JVP counts as one; see `describe_cost`). Where the
+    count depends on the schedule (an SDE solver's noise window [S_min, S_max]) it is built on `net`."""
     if kind == 'ablation':
         return 2 * kwargs['num_steps'] - 1 if kwargs['solver'] == 'heun' else kwargs['num_steps']
-    if kind == 'edm':
-        return get_solver('edm').count_nfe(kwargs['num_steps'])
-    spec = get_solver(kwargs['solver'])
+    spec = get_solver(kwargs.get('solver', 'edm'))
     options = {k: v for k, v in kwargs.items() if k in spec.defaults}
+    if kind == 'edm':
+        return spec.count_nfe(kwargs['num_steps'], t_steps=_edm_levels(kwargs, net), **options)
     num_steps = len(kwargs['t_steps']) if 't_steps' in kwargs else kwargs['num_steps']
-    return spec.count_nfe(num_steps, afs=kwargs.get('afs', False), denoise_to_zero=kwargs.get('denoise_to_zero', False),
-                          **options)
+    return spec.count_nfe(num_steps, afs=kwargs.get('afs', False),
+                          denoise_to_zero=kwargs.get('denoise_to_zero', False), **options)
+
+
+def describe_cost(kind, kwargs, net=None):
+    """The chosen sampler's network passes by sort, e.g. '1 forward pass + 17 JVPs + 17 nested JVPs', for solvers
+    that take more than plain forward passes (`SolverSpec.cost`); None for the others."""
+    spec = get_solver(kwargs.get('solver', 'edm')) if kind != 'ablation' else None
+    if spec is None or spec.cost is None:
+        return None
+    options = {k: v for k, v in kwargs.items() if k in spec.defaults}
+    levels = _edm_levels(kwargs, net) if kind == 'edm' else kwargs.get('t_steps')
+    num_steps = kwargs['num_steps'] if 'num_steps' in kwargs else len(levels)
+    return _describe_cost(spec.count_cost(num_steps, t_steps=levels, **options))
 
 
 def make_sampler_fn(kind, kwargs):
@@ -290,8 +361,8 @@ def make_sampler_fn(kind, kwargs):
                                                                     generator=gen, **kwargs)
     if kind == 'edm':
         options = dict(kwargs)
-        rho = options.pop('rho')
-        return lambda net, x, c, gen: sample(net, x, c, solver='edm', schedule_rho=rho, generator=gen, **options)
+        rho, solver = options.pop('rho'), options.pop('solver', 'edm')
+        return lambda net, x, c, gen: sample(net, x, c, solver=solver, schedule_rho=rho, generator=gen, **options)
     return lambda net, x, c, gen: sample(net, x, c, generator=gen, **kwargs)
 
 # ----------------------------------------------------------------------------
@@ -444,7 +515,8 @@ def search_schedule(net, network_key, kwargs, opts, device):
     return None
 
 
-__all__ = ['OptionError', 'FAMILIES', 'TOOLBOX_MODELS', 'toolbox_network', 'toolbox_outdir', 'describe_rule',
+__all__ = ['OptionError', 'FAMILIES', 'RANDN_LIKE', 'DEFAULT_RANDN_LIKE', 'named_solver', 'describe_cost',
+           'TOOLBOX_MODELS', 'toolbox_network', 'toolbox_outdir', 'describe_rule',
            'net_family', 'solver_family', 'family_solvers', 'choose_sampler', 'precheck', 'check_sampler',
            'check_net', 'describe_nfe', 'make_sampler_fn', 'network_fingerprint', 'cached_search', 'gits_search',
            'learned_search', 'search_schedule', 'write_json']

@@ -121,7 +121,7 @@ def noisy_heun(net, latents, class_labels=None, *, alpha, num_steps=18, sigma_mi
 def check_variants(kind, kwargs, chosen):
     """Raise selection.OptionError if a robustness variant does not fit the chosen sampler."""
     names = {v[0] for v in chosen if v is not None}
-    if 'alpha' in names and (kind != 'edm' or kwargs.get('S_churn')):
+    if 'alpha' in names and (kind != 'edm' or kwargs.get('solver', 'edm') != 'edm' or kwargs.get('S_churn')):
         raise selection.OptionError('--alpha injects noise into EDM\'s deterministic Heun sampler; use it without '
                                     '--solver (or with --solver=edm) and without --S_churn')
     if 'steps' in names and 't_steps' in kwargs:

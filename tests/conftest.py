@@ -1,3 +1,4 @@
+import hashlib
 import os
 import sys
 
@@ -34,3 +35,24 @@ def error_line(result):
     assert len(lines) == 1, text
     assert 'Traceback' not in text
     return lines[0]
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a module of tiny tensors: on a busy machine a second thread mostly waits (measured up to
+    60x slower for the tiny networks of the tests)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def png_digests(folder):
+    """{relative path: md5} of the PNGs below `folder` (byte-identical images across runs)."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.endswith('.png'):
+                with open(os.path.join(root, name), 'rb') as f:
+                    out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.md5(f.read()).hexdigest()
+    return out

@@ -31,16 +31,9 @@ from training.demo_data import write_dataset
 from training.networks import EDMPrecond
 from training.cld import CLD
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors (tests/conftest.py)
+
 apply, split, stack = CLD.apply, CLD.split, CLD.stack
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Many tiny float64 ops: one thread avoids oversubscription on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 F64 = dict(dtype=torch.float64)

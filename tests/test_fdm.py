@@ -22,18 +22,12 @@ from training.dataset import ImageFolderDataset
 from training.demo_data import write_dataset
 from training.loss import EDMLoss, VELoss, VPLoss, fdm_warmup_cap
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors (tests/conftest.py)
+
 TINY = ['--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=8', '--workers=0', '--augment=0', '--dropout=0',
         '--lr=5e-3', '--lr-rampup=0', '--ema=0.0001', '--seed=1']
 SMALL_NET = dict(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=16, channel_mult=[1, 2],
                  num_blocks=1, attn_resolutions=[4], dropout=0)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope='module')

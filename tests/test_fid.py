@@ -73,8 +73,9 @@ def setup(tmp_path_factory):
     det = StandInDetector()
     det_path = root / 'detector.pt'
     torch.jit.save(torch.jit.script(det), str(det_path))
+    # A detector file is code: loading it needs --trust-detector (trust_detector=True).
     return dict(root=root, zip=str(zpath), images=images, other=str(other), others=others, det=det,
-                det_path=str(det_path))
+                det_path=str(det_path), det_args=[f'--detector={det_path}', '--trust-detector'])
 
 
 def assert_close(actual, expected):
@@ -124,8 +125,8 @@ def test_frechet_one_dimensional():
 
 
 def test_stats_match_direct_computation(setup):
-    mu, sigma = fid.calculate_inception_stats(setup['zip'], detector=setup['det_path'], num_workers=0,
-                                              max_batch_size=8, device='cpu', progress=False)
+    mu, sigma = fid.calculate_inception_stats(setup['zip'], detector=setup['det_path'], trust_detector=True,
+                                              num_workers=0, max_batch_size=8, device='cpu', progress=False)
     f = features_of(setup['det'], setup['images'])
     assert mu.dtype == np.float64 and sigma.dtype == np.float64
     assert mu.shape == (DIM,) and sigma.shape == (DIM, DIM)
@@ -160,7 +161,7 @@ def test_stats_subset_and_grayscale(setup, tmp_path):
 def test_cli_ref_calc_pipeline(setup):
     root = setup['root']
     ref = root / 'refs' / 'set.npz'
-    common = [f'--detector={setup["det_path"]}', '--device=cpu', '--workers=1', '--batch=16']
+    common = [*setup['det_args'], '--device=cpu', '--workers=1', '--batch=16']
     res = subprocess.run([sys.executable, 'fid.py', 'ref', f'--data={setup["zip"]}', f'--dest={ref}'] + common,
                          cwd=ROOT, env=env(), capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
@@ -195,7 +196,7 @@ def test_torchrun_two_processes_match_one(setup):
     root = setup['root']
     torchrun = shutil.which('torchrun') or os.path.join(os.path.dirname(sys.executable), 'torchrun')
     one, two = root / 'one.npz', root / 'two.npz'
-    common = [f'--data={setup["zip"]}', f'--detector={setup["det_path"]}', '--device=cpu', '--workers=0',
+    common = [f'--data={setup["zip"]}', *setup['det_args'], '--device=cpu', '--workers=0',
               '--batch=8']
     res = subprocess.run([sys.executable, 'fid.py', 'ref', f'--dest={one}'] + common, cwd=ROOT, env=env(),
                          capture_output=True, text=True, check=False)
@@ -216,7 +217,7 @@ def test_torchrun_two_processes_match_one(setup):
 def test_torchrun_error_is_one_line_and_every_rank_exits_cleanly(setup):
     torchrun = shutil.which('torchrun') or os.path.join(os.path.dirname(sys.executable), 'torchrun')
     res = subprocess.run([torchrun, '--standalone', '--nproc_per_node=2', 'fid.py', 'calc', f'--images={setup["zip"]}',
-                          f'--ref={setup["root"] / "missing.npz"}', f'--detector={setup["det_path"]}', '--device=cpu',
+                          f'--ref={setup["root"] / "missing.npz"}', *setup['det_args'], '--device=cpu',
                           '--workers=0'], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
     assert res.returncode != 0
     lines = [line for line in res.stderr.splitlines() if line.startswith('Error')]
@@ -230,17 +231,17 @@ def test_torchrun_error_is_one_line_and_every_rank_exits_cleanly(setup):
 
 def test_error_fewer_images_than_num(setup):
     line = error_line(run_cli(['calc', f'--images={setup["zip"]}', f'--ref={setup["root"] / "x.npz"}',
-                               f'--detector={setup["det_path"]}', '--device=cpu', '--workers=0']))
+                               *setup['det_args'], '--device=cpu', '--workers=0']))
     assert 'cannot load reference statistics' in line  # The reference is checked first.
     ref = setup['root'] / 'good.npz'
     np.savez(ref, mu=np.zeros(DIM), sigma=np.eye(DIM))
-    line = error_line(run_cli(['calc', f'--images={setup["zip"]}', f'--ref={ref}', f'--detector={setup["det_path"]}',
+    line = error_line(run_cli(['calc', f'--images={setup["zip"]}', f'--ref={ref}', *setup['det_args'],
                                '--device=cpu', '--workers=0', '--num=100']))
     assert f'found {NUM} images' in line and 'at least 100' in line
 
 
 def test_error_reference_keys_and_dimensions(setup, tmp_path):
-    base = ['calc', f'--images={setup["zip"]}', f'--detector={setup["det_path"]}', '--device=cpu', '--workers=0',
+    base = ['calc', f'--images={setup["zip"]}', *setup['det_args'], '--device=cpu', '--workers=0',
             f'--num={NUM}']
     np.savez(tmp_path / 'keys.npz', mu=np.zeros(DIM), cov=np.eye(DIM))
     line = error_line(run_cli(base + [f'--ref={tmp_path / "keys.npz"}']))
@@ -258,7 +259,7 @@ def test_error_detector_not_downloadable(setup, tmp_path, monkeypatch):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
     dest = tmp_path / 'r.npz'
     line = error_line(run_cli(['ref', f'--data={setup["zip"]}', f'--dest={dest}', '--device=cpu', '--workers=0',
-                               '--detector=http://127.0.0.1:9/detector.pt']))
+                               '--detector=http://127.0.0.1:9/detector.pt', '--trust-detector']))
     assert 'cannot load the feature detector' in line and '--detector=PATH' in line
     # The default (trusted) detector: the message says how to pass a local copy.
     monkeypatch.setattr(fid, 'DEFAULT_DETECTOR_URL', 'http://127.0.0.1:9/inception-2015-12-05.pkl')
@@ -274,9 +275,9 @@ def test_plain_pickle_detector_needs_trust(setup, tmp_path):
         pickle.dump(StandInDetector(), f)
     dest = tmp_path / 'r.npz'
     args = ['ref', f'--data={setup["zip"]}', f'--dest={dest}', f'--detector={path}', '--device=cpu', '--workers=0']
-    assert '--trust-pickle' in error_line(run_cli(args))
+    assert '--trust-detector' in error_line(run_cli(args))
     assert not dest.exists()
-    result = run_cli(args + ['--trust-pickle'])
+    result = run_cli(args + ['--trust-detector'])
     assert result.exit_code == 0, result.output
     with np.load(dest) as data:
         assert_close(data['mu'], features_of(setup['det'], setup['images']).mean(0))
@@ -289,7 +290,7 @@ def test_error_mixed_sizes(setup, tmp_path, workers):
     for i in range(4):
         PIL.Image.fromarray(np.zeros((8 if i < 3 else 16,) * 2 + (3,), np.uint8)).save(folder / f'{i}.png')
     dest = tmp_path / 'r.npz'
-    line = error_line(run_cli(['ref', f'--data={folder}', f'--dest={dest}', f'--detector={setup["det_path"]}',
+    line = error_line(run_cli(['ref', f'--data={folder}', f'--dest={dest}', *setup['det_args'],
                                '--device=cpu', f'--workers={workers}']))
     assert '3.png' in line and 'same size' in line
     assert not dest.exists() and os.listdir(tmp_path) == ['mixed']

@@ -1,5 +1,4 @@
 """generate.py: sampler rule, file layout, one-line errors, seeds independent of batch size and process count."""
-import hashlib
 import os
 import re
 import pickle
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 import generate
 from samplers import selection
 from training import networks
+from conftest import png_digests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,17 +44,6 @@ def nets(tmp_path_factory):
 def run(args):
     result = CliRunner().invoke(generate.main, args, catch_exceptions=False)
     return result.exit_code, result.output
-
-
-def digests(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.endswith('.png'):
-                with open(os.path.join(root, name), 'rb') as f:
-                    out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.md5(f.read()).hexdigest()
-    return out
-
 
 
 @pytest.mark.parametrize('args,kind,expected', [
@@ -91,17 +80,108 @@ def test_sampler_rule_refusals(args, message):
         generate.choose_sampler(opts)
 
 
+OPTS = dict(rho=None, afs=False, denoise_to_zero=False, dp=False)
+
+
+@pytest.mark.parametrize('args,expected,nfe,cost', [
+    # The published 2nd-SED command: --randn_like=ddb alone selects itotaylor with EDM's --steps and --rho.
+    (dict(randn_like='ddb', steps=84, rho=3.0), dict(solver='itotaylor', num_steps=84, rho=3.0), 167,
+     '1 forward pass + 83 JVPs + 83 nested JVPs'),
+    (dict(solver='itotaylor', randn_like='ddb', langevin=0.0), dict(solver='itotaylor', num_steps=18, langevin=0.0),
+     35, '18 forward passes + 17 JVPs'),
+    (dict(solver='itotaylor', steps=5, laplacian='symmetric'), dict(solver='itotaylor', laplacian='symmetric'),
+     17, '13 forward passes + 4 JVPs'),
+    # A noise window: 5 of the 9 Taylor steps of EDM's 10 levels (80, 42.4, 21.1, 9.72, 4.07, 1.50, 0.470, 0.117,
+    # 0.0204, 0.002) start in it; they take 3 forward passes + 1 JVP, the other steps 1 + 1, the last 1 forward pass.
+    (dict(solver='itotaylor', steps=10, S_min=0.1, S_max=10.0, laplacian='symmetric', sigma_max=80.0),
+     dict(solver='itotaylor', S_min=0.1, S_max=10.0, sigma_max=80.0), 29, '20 forward passes + 9 JVPs'),
+    (dict(solver='edm_em', steps=6, langevin=0.5), dict(solver='edm_em', num_steps=6, langevin=0.5), 6, None),
+    (dict(randn_like='db'), dict(solver='edm', num_steps=18, rho=7), 35, None),
+    (dict(randn_like='db', solver='ipndm'), dict(solver='ipndm', num_steps=7), 6, None),
+])
+def test_sampler_rule_for_sde_solvers(args, expected, nfe, cost):
+    kind, kwargs = generate.choose_sampler({**OPTS, **args})
+    assert kind == 'edm' or expected['solver'] == 'ipndm'
+    assert {k: kwargs.get(k) for k in expected} == expected
+    assert 'randn_like' not in kwargs
+    assert selection.describe_nfe(kind, kwargs) == nfe and selection.describe_cost(kind, kwargs) == cost
+    selection.precheck({**OPTS, **args})
+
+
+@pytest.mark.parametrize('args,message', [
+    (dict(randn_like='ddb', solver='edm'), '--randn_like=ddb does not fit --solver=edm: it takes --randn_like=db'),
+    (dict(randn_like='ddb', solver='edm_em'), 'does not fit --solver=edm_em'),
+    (dict(randn_like='db', solver='itotaylor'), '--randn_like=db does not fit --solver=itotaylor: it takes '
+     '--randn_like=ddb'),
+    (dict(randn_like='ddb', disc='vp'), "does not fit EDM's ablation sampler"),
+    (dict(randn_like='dbb'), "'dbb' is not one of db, ddb"),
+    (dict(randn_like='ddb', S_churn=5.0), '--S_churn only applies to --solver=edm, not to --solver=itotaylor'),
+    (dict(randn_like='ddb', num_steps=5), '--num_steps only applies to the fast solvers'),
+    (dict(randn_like='ddb', schedule_rho=3.0), '--schedule_rho only applies to the fast solvers'),
+    (dict(solver='edm_em', laplacian='none'), '--laplacian only applies to --solver=itotaylor, not to '
+     '--solver=edm_em'),
+    (dict(laplacian='none'), '--laplacian only applies to --solver=itotaylor, not to EDM\'s sampler'),
+    (dict(solver='ipndm', steps=4, laplacian='none'), '--steps is EDM'),
+])
+def test_sampler_rule_refusals_for_sde_solvers(args, message):
+    with pytest.raises(selection.OptionError, match=message):
+        selection.choose_sampler({**OPTS, **args}, note=lambda m: None)
+    with pytest.raises(click.UsageError, match=message):
+        generate.choose_sampler({**OPTS, **args})
+
+
+def test_randn_like_needs_a_scalar_sigma_denoiser():
+    with pytest.raises(selection.OptionError, match=r'--randn_like=ddb \(--solver=itotaylor\) needs a scalar-sigma '
+                       'denoiser, but the network is a CLD network'):
+        selection.choose_sampler({**OPTS, 'randn_like': 'ddb'}, family='cld')
+    assert selection.choose_sampler({**OPTS, 'randn_like': 'db'}, family='cld')[1]['solver'] == 'gddim'
+
+
+@pytest.mark.usefixtures('one_thread')
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's own jvp decompositions
+def test_itotaylor_command_is_seed_deterministic(nets, tmp_path):
+    # The published command scaled down on a tiny net: the same bytes for every batch size.
+    common = [f'--network={nets["cond"]}', '--seeds=0-2', '--steps=3', '--randn_like=ddb', '--rho=3', '--subdirs']
+    code, out = run([f'--outdir={tmp_path / "a"}', '--batch=3', *common])
+    assert code == 0, out
+    assert 'NFE = 5 (1 forward pass + 2 JVPs + 2 nested JVPs)' in out and '"solver": "itotaylor"' in out
+    assert run([f'--outdir={tmp_path / "b"}', '--batch=1', *common])[0] == 0
+    a = png_digests(tmp_path / 'a')
+    assert sorted(a) == [f'000000/{s:06d}.png' for s in range(3)] and a == png_digests(tmp_path / 'b')
+    assert len(set(a.values())) == 3
+    # EDM Algorithm 2 (--randn_like=db, the default) and the probability-flow ODE give other images.
+    assert run([f'--outdir={tmp_path / "c"}', '--batch=3', *common[:3], '--randn_like=db', '--rho=3'])[0] == 0
+    assert run([f'--outdir={tmp_path / "d"}', '--batch=3', *common, '--langevin=0'])[0] == 0
+    c, d = png_digests(tmp_path / 'c'), png_digests(tmp_path / 'd')
+    assert len({a['000000/000000.png'], c['000000.png'], d['000000/000000.png']}) == 3
+
+
+@pytest.mark.slow
+def test_published_itotaylor_command_on_the_demo_checkpoint(tmp_path):
+    demo = os.path.join(ROOT, 'checkpoints', 'edm-digits-16x16-cond-ddpmpp.pkl')
+    outs = {}
+    for batch in (4, 1):
+        outs[batch] = tmp_path / f'b{batch}'
+        res = subprocess.run([sys.executable, 'generate.py', f'--outdir={outs[batch]}', f'--network={demo}',
+                              f'--batch={batch}', '--seeds=0-3', '--steps=4', '--randn_like=ddb', '--rho=3',
+                              '--subdirs'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert 'NFE = 7 (1 forward pass + 3 JVPs + 3 nested JVPs)' in res.stdout
+    a, b = png_digests(outs[4]), png_digests(outs[1])
+    assert sorted(a) == [f'000000/{s:06d}.png' for s in range(4)] and a == b
+
+
 def test_layout_subdirs_grid_and_determinism(nets, tmp_path):
     code, out = run([f'--network={nets["cond"]}', f'--outdir={tmp_path / "a"}', '--seeds=998-1001', '--batch=3',
                      '--steps=3', '--subdirs=True', '--grid'])
     assert code == 0, out
-    assert sorted(digests(tmp_path / 'a')) == ['000000/000998.png', '000000/000999.png', '001000/001000.png',
+    assert sorted(png_digests(tmp_path / 'a')) == ['000000/000998.png', '000000/000999.png', '001000/001000.png',
                                                 '001000/001001.png']
     # Same seeds, other batch size and a forced class only for... nothing else: identical bytes.
     code, out = run([f'--network={nets["cond"]}', f'--outdir={tmp_path / "b"}', '--seeds=998-1001', '--batch=1',
                      '--steps=3', '--subdirs'])
     assert code == 0, out
-    a, b = digests(tmp_path / 'a'), digests(tmp_path / 'b')
+    a, b = png_digests(tmp_path / 'a'), png_digests(tmp_path / 'b')
     assert a == b
     import PIL.Image
     with PIL.Image.open(tmp_path / 'a-grid.png') as img:
@@ -115,7 +195,7 @@ def test_class_option_changes_only_labels(nets, tmp_path):
     assert code == 0
     code, _ = run([f'--network={nets["cond"]}', f'--outdir={tmp_path / "d"}', '--seeds=0-1', '--steps=3',
                    '--class=3'])
-    assert digests(tmp_path / 'c') != digests(tmp_path / 'd')
+    assert png_digests(tmp_path / 'c') != png_digests(tmp_path / 'd')
 
 
 def test_fast_solver_and_ablation_run(nets, tmp_path):
@@ -133,7 +213,9 @@ def test_fast_solver_and_ablation_run(nets, tmp_path):
     (['--network={cond}', '--class=4'], 'out of range'),
     (['--network={cond}', '--outdir={blocked}/sub'], "Invalid value for '?--outdir"),
     (['--network={notapickle}'], 'cannot load network'),
-    (['--network={cond}', '--randn_like=ddb'], '--randn_like is not supported'),
+    (['--network={cond}', '--randn_like=dbb'], "Invalid value for '?--randn_like'?: 'dbb' is not one of 'db', 'ddb'"),
+    (['--network={cond}', '--randn_like=ddb', '--solver=ipndm'], "Invalid value for '?--randn_like'?: "
+     '--randn_like=ddb does not fit --solver=ipndm: it takes --randn_like=db'),
 ])
 def test_errors_are_one_line(nets, tmp_path, args, message):
     blocked = tmp_path / 'file'
@@ -163,7 +245,7 @@ def test_torchrun_two_processes_match_single_process(nets, tmp_path):
     multi = subprocess.run(torchrun + [f'--outdir={tmp_path / "two"}', '--batch=2', '--grid=True', *common],
                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert multi.returncode == 0, multi.stderr[-2000:]
-    one, two = digests(tmp_path / 'one'), digests(tmp_path / 'two')
+    one, two = png_digests(tmp_path / 'one'), png_digests(tmp_path / 'two')
     assert len(one) == 5 and one == two
     # The grid is gathered from both ranks in memory: the same pixels.
     import PIL.Image
@@ -195,7 +277,7 @@ def test_gits_search_saved_cached_and_reusable(nets, tmp_path, monkeypatch):
     code, out = run([f'--network={nets["cond"]}', '--seeds=0-1', '--solver=ipndm', f'--outdir={tmp_path / "ts"}',
                      '--t_steps=[' + ','.join(repr(t) for t in t_steps) + ']'])
     assert code == 0, out
-    assert digests(tmp_path / 'dp1') == digests(tmp_path / 'dp2') == digests(tmp_path / 'ts')
+    assert png_digests(tmp_path / 'dp1') == png_digests(tmp_path / 'dp2') == png_digests(tmp_path / 'ts')
 
 
 def test_toolbox_options_ignored_where_meaningless(nets, tmp_path):
@@ -320,7 +402,7 @@ def test_dataset_name_gits_command_line(official, tmp_path, monkeypatch):
     code, out = run([f'--network={official / "edm-cifar10-32x32-uncond-vp.pkl"}', '--outdir=direct', '--seeds=0-3',
                      '--solver=euler', '--num_steps=3'])
     assert code == 0, out
-    assert digests(tmp_path / 'samples' / 'cifar10' / 'euler_nfe2') == digests(tmp_path / 'direct')
+    assert png_digests(tmp_path / 'samples' / 'cifar10' / 'euler_nfe2') == png_digests(tmp_path / 'direct')
     code, out = run(['--dataset_name=imagenet64', '--seeds=0', '--steps=2', '--class=3'])
     assert code == 0 and (tmp_path / 'samples' / 'imagenet64' / 'edm_nfe3' / '000000.png').is_file(), out
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from samplers.analytic import Gaussian, GaussianMixture
+import samplers
+from samplers.analytic import CountingNet, Gaussian, GaussianMixture
 from samplers.edm import edm_schedule
 from samplers.itotaylor import (euler_maruyama, euler_maruyama_step, increments, itotaylor, itotaylor_cost,
                                 itotaylor_step, laplacian_estimate)
@@ -21,15 +22,8 @@ S = 0.5  # data standard deviation of the Gaussian test
 GAUSS = Gaussian(torch.zeros(1, 1, 1), S ** 2)
 MIXTURE_1D = GaussianMixture(torch.tensor([[-1.0], [1.0]]), [0.09, 0.09], shape=(1, 1, 1))
 
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's own jvp decompositions
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # Tiny tensors: a second thread only adds overhead on a busy machine.
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated'),  # torch's own jvp decompositions
+              pytest.mark.usefixtures('one_thread')]
 
 
 def taylor(net, langevin=1.0, laplacian='hutchinson'):
@@ -87,6 +81,54 @@ def test_sampler_follows_the_exact_law(scheme):
     se = var * math.sqrt(2 / x.numel())
     assert abs(float(x.square().mean()) - var) < 4 * se
     assert abs(var - S ** 2) > 10 * se  # The law of the scheme is distinguishable from the exact one at N = 20.
+
+
+@pytest.mark.parametrize('solver', ['itotaylor', 'edm_em'])
+def test_samplers_sample_follows_the_exact_law(solver):
+    # Through samplers.sample (registry kind 'edm': EDM's schedule with its final step to zero, Gaussian prior,
+    # per-seed noise): the same sampler and law as above, then the final denoising x = D(x; t_{N-1}), a gain of
+    # S^2 / (S^2 + t_{N-1}^2) on Gaussian data.
+    net = Gaussian(torch.zeros(1, 32, 32), S ** 2)
+    t = edm_schedule(net, 20, 0.002, 80, 7)
+    rnd = StackedRandomGenerator('cpu', range(64))
+    latents = rnd.randn([64, 1, 32, 32], dtype=torch.float64) * math.sqrt(S ** 2 + float(t[0]) ** 2) / float(t[0])
+    counter = CountingNet(net)
+    x = samplers.sample(counter, latents, solver=solver, num_steps=20, schedule_rho=7, generator=rnd)
+    assert x.dtype == torch.float64 and counter.calls == samplers.solver_nfe(solver, 20) == (39 if solver ==
+                                                                                              'itotaylor' else 20)
+    step = taylor(GAUSS) if solver == 'itotaylor' else em(GAUSS)
+    gain = S ** 2 / (S ** 2 + float(t[-2]) ** 2)
+    var = gain ** 2 * gaussian_final_variance(step, t[:-1], S ** 2 + float(t[0]) ** 2)
+    se = var * math.sqrt(2 / x.numel())
+    assert abs(float(x.square().mean()) - var) < 4 * se
+    assert abs(var - S ** 2) > 10 * se
+    # The same numbers as the sampler function on the same per-seed noise (randn_like= as the noise source).
+    rnd = StackedRandomGenerator('cpu', range(4))
+    lat = rnd.randn([4, 1, 32, 32], dtype=torch.float64)
+    fn = itotaylor if solver == 'itotaylor' else euler_maruyama
+    direct = fn(net, lat * t[0], t, randn_like=rnd.randn_like, langevin=0.5, S_max=10.0)
+    rnd = StackedRandomGenerator('cpu', range(4))
+    lat = rnd.randn([4, 1, 32, 32], dtype=torch.float64)
+    assert torch.equal(samplers.sample(net, lat, solver=solver, num_steps=20, randn_like=rnd.randn_like,
+                                       langevin=0.5, S_max=10.0), direct)
+
+
+def test_registered_costs():
+    assert samplers.solver_cost('itotaylor', 18) == itotaylor_cost(18) == dict(forward=1, jvp=17, jvp2=17)
+    assert samplers.solver_nfe('itotaylor', 18) == 35 and samplers.solver_nfe('edm_em', 18) == 18
+    assert samplers.solver_nfe('itotaylor', 18, laplacian='symmetric') == 52 + 17
+    t = edm_schedule(GAUSS, 18, 0.002, 80, 7)
+    assert samplers.solver_cost('itotaylor', 18, t_steps=t, S_max=1.0, laplacian='symmetric') == itotaylor_cost(
+        18, t_steps=t, S_max=1.0, laplacian='symmetric')
+    assert samplers.solver_cost('edm_em', 18) == dict(forward=18)
+    spec = samplers.get_solver('itotaylor')
+    assert (spec.kind, spec.needs, spec.stochastic, spec.teacher) == ('edm', 'jvp', True, False)
+    assert samplers.solver_defaults('itotaylor') == dict(langevin=1.0, S_min=0.0, S_max=float('inf'),
+                                                         laplacian='hutchinson')
+    with pytest.raises(TypeError, match="solver 'edm_em' does not accept option.s. laplacian"):
+        samplers.sample(GAUSS, torch.zeros(1, 1, 1, 1), solver='edm_em', laplacian='none')
+    with pytest.raises(ValueError, match='does not support t_steps'):
+        samplers.sample(GAUSS, torch.zeros(1, 1, 1, 1), solver='itotaylor', t_steps=t[:-1])
 
 
 def test_increment_covariance():

@@ -14,6 +14,8 @@ from conftest import fixtures_dir
 from torch_utils import persistence
 from training import networks
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors (tests/conftest.py)
+
 NETWORK_FIXTURES = ['ddpmpp_edm', 'ddpmpp_vp', 'ncsnpp_ve', 'adm_edm', 'adm_iddpm']
 PERSISTENT = ['Linear', 'Conv2d', 'GroupNorm', 'UNetBlock', 'PositionalEmbedding', 'FourierEmbedding', 'SongUNet',
               'DhariwalUNet', 'VPPrecond', 'VEPrecond', 'iDDPMPrecond', 'EDMPrecond']
@@ -25,15 +27,6 @@ NCSN_SMALL = dict(SONG_SMALL, embedding_type='fourier', channel_mult_noise=2, en
                   resample_filter=[1, 3, 3, 1])
 ADM_SMALL = dict(model_type='DhariwalUNet', model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
                  dropout=0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tensors here are tiny; on a busy 2-core machine a second OpenMP thread makes forward-mode AD ~50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @functools.lru_cache(maxsize=None)
@@ -283,7 +276,11 @@ def test_raw_unet_jvp_matches_finite_difference(kind):
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
 @pytest.mark.parametrize('cls,kw', [('VPPrecond', SONG_SMALL), ('VEPrecond', NCSN_SMALL), ('iDDPMPrecond', ADM_SMALL),
-                                    ('EDMPrecond', dict(NCSN_SMALL, augment_dim=2))])
+                                    ('EDMPrecond', dict(NCSN_SMALL, augment_dim=2)),
+                                    ('EDMPrecond', dict(SONG_SMALL, pfgmpp=True, D=128)),
+                                    ('FDM_EDMPrecond', dict(SONG_SMALL, fdm_multiplier=2.0)),
+                                    ('FDM_VPPrecond', dict(SONG_SMALL, fdm_multiplier=1.0)),
+                                    ('FDM_VEPrecond', NCSN_SMALL)])
 def test_precond_jvp_matches_reverse_mode(cls, kw):
     # float32, as sampled: <u, J v> from forward mode equals <J^T u, v> from reverse mode, tangents in x and sigma.
     net = _small_precond(getattr(networks, cls), **kw)

@@ -9,19 +9,11 @@ import textwrap
 import pytest
 import torch
 
-from torch_utils import persistence
+from torch_utils import persistence, safe_pickle
 from training import networks
 
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')  # torch's jvp decompositions
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny networks: on a busy 2-core machine a second OpenMP thread makes them (and forward-mode AD) much slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated'),  # torch's jvp decompositions
+              pytest.mark.usefixtures('one_thread')]
 
 
 def small_net(**kwargs):
@@ -92,14 +84,14 @@ def test_safe_load_never_executes_embedded_code(evil_pickle, tmp_path, capsys):
     assert 'EMBEDDED CODE RAN' not in capsys.readouterr().out
     assert torch.equal(outputs(net), outputs(loaded))
     # Proof that the source is live: legacy unpickling would run it.
-    with pytest.raises(RuntimeError, match='embedded code executed'):
+    with pytest.raises(persistence.CheckpointError, match=r'legacy unpickling failed \(RuntimeError: embedded code'):
         persistence.load_network(str(path), trust_pickle=True)
 
 
 def test_unknown_global_is_refused(tmp_path):
     path = tmp_path / 'bad.pkl'
     path.write_bytes(pickle.dumps(dict(ema=small_net(), payload=os.system)))
-    with pytest.raises(pickle.UnpicklingError, match=r'"(posix|nt)\.system"') as e:
+    with pytest.raises(persistence.UnsafePickleError, match=r'"(posix|nt)\.system"') as e:
         persistence.load_network(str(path))
     assert '\n' not in str(e.value) and '--trust-pickle' in str(e.value)
 
@@ -109,7 +101,7 @@ def test_unknown_persistent_class_is_refused():
         def __reduce__(self):
             return persistence._reconstruct_persistent_obj, (dict(type='class', version=6, module_src='',
                                                                    class_name='MysteryNet', state={}),)
-    with pytest.raises(pickle.UnpicklingError, match='"MysteryNet", which no loaded module declares') as e:
+    with pytest.raises(persistence.CheckpointError, match='"MysteryNet", which no loaded module declares') as e:
         persistence.load_pickle(io.BytesIO(pickle.dumps(dict(ema=Stub()))))
     assert '\n' not in str(e.value) and 'EDMPrecond' in str(e.value) and '--trust-pickle' in str(e.value)
 
@@ -163,7 +155,8 @@ def test_class_from_a_module_the_loader_never_heard_of_loads(scratch_registry, t
     # The loader neither imports the module by name nor runs the embedded source: take both away.
     monkeypatch.delitem(sys.modules, 'mynewfamily')
     (tmp_path / 'mynewfamily.py').unlink()
-    data = persistence.load_network(str(path))
+    with open(path, 'rb') as f:
+        data = persistence.load_pickle(f)   # load_network() would also require a denoiser.
     loaded = data['ema']
     assert type(loaded) is module.FamilyNet and type(loaded.blocks[1]) is module.FamilyBlock
     assert [b.gain for b in loaded.blocks] == [0.5, 2.0] and not loaded.training
@@ -214,7 +207,7 @@ def test_undecorated_subclass_of_a_persistent_class_refuses_to_pickle():
 def test_load_network_rejects_non_checkpoints(tmp_path):
     path = tmp_path / 'list.pkl'
     path.write_bytes(pickle.dumps([1, 2, 3]))
-    with pytest.raises(pickle.UnpicklingError, match='not a network checkpoint'):
+    with pytest.raises(persistence.CheckpointError, match='not a network checkpoint: it holds a list'):
         persistence.load_network(str(path))
 
 
@@ -236,7 +229,8 @@ def test_pickle_cannot_tamper_with_loader_globals(tmp_path):
     # With shared objects this would make every later tensor load in the process return negated values.
     attack = (b'\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__}X\x03\x00\x00\x00neg'
               b'\x88s\x85s\x86b0}X\x03\x00\x00\x00emaK\x00s.')
-    assert persistence.load_pickle(io.BytesIO(attack)) == {'ema': 0}
+    with pytest.raises(persistence.UnsafePickleError, match='refusing to set the state of a function'):
+        persistence.load_pickle(io.BytesIO(attack))
     net = small_net()
     loaded = persistence.load_pickle(io.BytesIO(pickle.dumps(dict(ema=net))))['ema']
     assert torch.equal(outputs(net), outputs(loaded))
@@ -244,7 +238,7 @@ def test_pickle_cannot_tamper_with_loader_globals(tmp_path):
     torch.save({'w': torch.tensor([1.0, 2.0])}, buf)
     assert torch.load(io.BytesIO(buf.getvalue()), weights_only=True)['w'].tolist() == [1.0, 2.0]
     (tmp_path / 'attack.pkl').write_bytes(attack)
-    with pytest.raises(pickle.UnpicklingError, match='not a network checkpoint'):
+    with pytest.raises(persistence.UnsafePickleError, match='attack.pkl: refusing'):
         persistence.load_network(str(tmp_path / 'attack.pkl'))
 
 
@@ -254,6 +248,69 @@ def test_protocol_2_pickles_load():
     assert loaded['tags'] == {'a'}
     assert torch.equal(outputs(net), outputs(loaded['ema']))
 
+
+def snapshot():
+    from training.augment import AugmentPipe
+    from training.loss import EDMLoss
+    loss_fn = EDMLoss(P_mean=-1.0)
+    loss_fn.set_step(7)
+    return dict(ema=small_net(), loss_fn=loss_fn, augment_pipe=AugmentPipe(p=0.25, xflip=1),
+                dataset_kwargs=dict(resolution=8, max_size=32, path='data.zip'))
+
+
+def test_safetensors_round_trip_gives_identical_outputs(tmp_path, monkeypatch):
+    data = snapshot()
+    persistence.save_pickle(data, str(tmp_path / 'net.pkl'))
+    persistence.save_safetensors(persistence.load_network(str(tmp_path / 'net.pkl')), str(tmp_path / 'net.safetensors'))
+    # Nothing is unpickled when reading it.
+    monkeypatch.setattr(safe_pickle, 'Unpickler', None)
+    monkeypatch.setattr(pickle, 'load', None)
+    loaded = persistence.load_network(str(tmp_path / 'net.safetensors'))
+    assert type(loaded['ema']) is networks.EDMPrecond and not loaded['ema'].training
+    assert torch.equal(outputs(data['ema']), outputs(loaded['ema']))
+    assert loaded['ema'].init_kwargs == data['ema'].init_kwargs
+    assert type(loaded['loss_fn']).__name__ == 'EDMLoss' and loaded['loss_fn'].P_mean == -1.0
+    assert loaded['loss_fn'].step == 7 and loaded['augment_pipe'].p == 0.25
+    assert loaded['dataset_kwargs'] == data['dataset_kwargs']
+    with open(tmp_path / 'net.safetensors', 'rb') as f:
+        assert b'_reconstruct_persistent_obj' not in f.read()
+
+
+def test_recompile_to_safetensors(evil_pickle, tmp_path):
+    from click.testing import CliRunner
+    import recompileNN
+    net, data = evil_pickle
+    src = tmp_path / 'official.pkl'
+    src.write_bytes(data)
+    dest = tmp_path / 'out' / 'official.safetensors'
+    res = CliRunner().invoke(recompileNN.main, [f'--pkl_dir={src}', '--format=safetensors', f'--dest={dest}'])
+    assert res.exit_code == 0, res.output
+    assert 'Check state round trip: ok' in res.output and f'Saved {dest}' in res.output
+    assert torch.equal(outputs(net), outputs(persistence.load_network(str(dest))['ema']))
+    # The default name follows the format.
+    with CliRunner().isolated_filesystem(temp_dir=tmp_path):
+        res = CliRunner().invoke(recompileNN.main, [f'--network={src}', '--format=safetensors'])
+        assert res.exit_code == 0 and os.path.isfile(os.path.join('ckpts', 'official.safetensors')), res.output
+
+
+def test_train_writes_safetensors_snapshots(tmp_path):
+    from click.testing import CliRunner
+    import numpy as np
+    import train
+    from training.demo_data import write_dataset
+    images = np.random.RandomState(0).randint(0, 256, size=[8, 8, 8]).astype(np.uint8)
+    zip_path = write_dataset(images, str(tmp_path / 'tiny.zip'), np.arange(8) % 4)
+    res = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "run"}', f'--data={zip_path}', '--cond=1',
+                                          '--cbase=8', '--cres=1', '--batch=4', '--workers=0', '--augment=0',
+                                          '--duration=0.000004', '--seed=1', '--snapshot-format=safetensors'])
+    assert res.exit_code == 0, res.output
+    (run_dir,) = (tmp_path / 'run').iterdir()
+    assert (run_dir / 'network-snapshot-000000.safetensors').is_file()
+    assert not (run_dir / 'network-snapshot-000000.pkl').exists()
+    snap = persistence.load_network(str(run_dir / 'network-snapshot-000000.safetensors'))
+    state = torch.load(str(run_dir / 'training-state-000000.pt'), weights_only=True)
+    for name, tensor in snap['ema'].state_dict().items():
+        assert torch.equal(tensor, state['ema'][name])
 # ----------------------------------------------------------------------------
 # recompileNN.py: rebuild + checks, on official-layout pickles made here (their embedded source is networks.py).
 

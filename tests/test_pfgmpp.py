@@ -1,7 +1,6 @@
 """PFGM++ (Xu et al. 2023): the perturbation kernel and the prior against their analytic radial law, the stable
 target field against a brute-force posterior mean, training, the D -> infinity limit, PFGM++ checkpoints read without
 running their code, checkpoint and robustness sweeps, and FID tables of a run directory."""
-import hashlib
 import json
 import os
 import pickle
@@ -18,9 +17,11 @@ import fid
 import generate
 import samplers
 import train
-from conftest import error_line
+from conftest import error_line, png_digests
 from samplers import generation, pfgmpp, sweeps
-from test_fdm import TINY, data, loss_before_after, one_thread, only_run_dir, run_train, steps  # noqa: F401
+from test_fdm import TINY, data, loss_before_after, only_run_dir, run_train, steps  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors (tests/conftest.py)
 from torch_utils import persistence
 from torch_utils.misc import StackedRandomGenerator
 from training import networks
@@ -38,16 +39,6 @@ def small_net(seed=0, **kwargs):
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return net.eval()
-
-
-def digests(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.endswith('.png'):
-                with open(os.path.join(root, name), 'rb') as f:
-                    out[os.path.relpath(os.path.join(root, name), folder)] = hashlib.md5(f.read()).hexdigest()
-    return out
 
 
 def run_generate(*args):
@@ -244,9 +235,10 @@ def test_generate_takes_D_from_the_snapshot(nets, tmp_path):
     assert res.exit_code == 0 and 'PFGM++ prior with D = 128' in res.output, res.output
     res = run_generate(f'--outdir={tmp_path / "b"}', f'--network={nets["pfgmpp"]}', '--pfgmpp=1', '--aug_dim=128',
                        *common)
-    assert res.exit_code == 0 and digests(tmp_path / 'a') == digests(tmp_path / 'b')
+    assert res.exit_code == 0 and png_digests(tmp_path / 'a') == png_digests(tmp_path / 'b')
     res = run_generate(f'--outdir={tmp_path / "c"}', f'--network={nets["pfgmpp"]}', '--pfgmpp=0', *common)
-    assert res.exit_code == 0 and 'PFGM++' not in res.output and digests(tmp_path / 'c') != digests(tmp_path / 'a')
+    assert res.exit_code == 0 and 'PFGM++' not in res.output
+    assert png_digests(tmp_path / 'c') != png_digests(tmp_path / 'a')
     line = error_line(run_generate(f'--outdir={tmp_path / "d"}', f'--network={nets["pfgmpp"]}', '--pfgmpp=1',
                                    '--aug_dim=2048', *common))
     assert 'does not match the network, which was trained with D=128' in line
@@ -349,8 +341,8 @@ def test_checkpoint_sweep_resumes_where_it_stopped(tmp_path, fmt):
     assert folders == ['ckpt_000100', 'ckpt_000200', 'ckpt_000300']
     assert sorted(n for n in os.listdir(part) if n.startswith('ckpt_')) == folders
     for name in folders:
-        assert len(digests(full / name)) == 6 and digests(part / name) == digests(full / name), name
-    assert digests(full / 'ckpt_000100') != digests(full / 'ckpt_000200')
+        assert len(png_digests(full / name)) == 6 and png_digests(part / name) == png_digests(full / name), name
+    assert png_digests(full / 'ckpt_000100') != png_digests(full / 'ckpt_000200')
     # --ckpt/--end_ckpt select by kimg.
     assert [k for k, _ in sweeps.checkpoints(str(full), 150, 300, fmt == 'pickle')] == [200, 300]
 
@@ -374,22 +366,22 @@ def test_robustness_sweeps(tmp_path):
     assert sorted(os.listdir(run_dir)) == ['ckpt_000100', 'ckpt_000100_alpha_0', 'ckpt_000100_alpha_0.1',
                                            'ckpt_000100_quant_4', 'ckpt_000100_quant_8', 'ckpt_000100_steps_3',
                                            'training-state-000100.pt']
-    plain = digests(run_dir / 'ckpt_000100')
-    assert digests(run_dir / 'ckpt_000100_alpha_0') == plain     # alpha = 0 is EDM's Heun sampler.
+    plain = png_digests(run_dir / 'ckpt_000100')
+    assert png_digests(run_dir / 'ckpt_000100_alpha_0') == plain     # alpha = 0 is EDM's Heun sampler.
     for name in ('alpha_0.1', 'steps_3', 'quant_4'):
-        assert digests(run_dir / f'ckpt_000100_{name}') != plain, name
+        assert png_digests(run_dir / f'ckpt_000100_{name}') != plain, name
     # The injected noise is seeded per image: one image per batch gives the same files.
     other = tmp_path / 'other'
     other.mkdir()
     shutil.copy(run_dir / 'training-state-000100.pt', other)
     assert run_generate(f'--outdir={other}', *common, '--alpha=0.1', '--batch=1').exit_code == 0
-    assert digests(other / 'ckpt_000100_alpha_0.1') == digests(run_dir / 'ckpt_000100_alpha_0.1')
+    assert png_digests(other / 'ckpt_000100_alpha_0.1') == png_digests(run_dir / 'ckpt_000100_alpha_0.1')
     # The step sweep is the sampler with that step count.
     single = tmp_path / 'single'
     single.mkdir()
     shutil.copy(run_dir / 'training-state-000100.pt', single)
     assert run_generate(f'--outdir={single}', '--seeds=0-2', '--steps=3', '--pfgmpp=1').exit_code == 0
-    assert digests(single / 'ckpt_000100') == digests(run_dir / 'ckpt_000100_steps_3')
+    assert png_digests(single / 'ckpt_000100') == png_digests(run_dir / 'ckpt_000100_steps_3')
     line = error_line(run_generate(f'--outdir={run_dir}', '--solver=dpmpp', '--alpha=0.1'))
     assert '--alpha injects noise into EDM\'s deterministic Heun sampler' in line
 
@@ -436,7 +428,7 @@ def test_fid_scores_every_checkpoint_folder(tmp_path):
     run_dir.mkdir()
     for kimg in (100, 200):
         write_checkpoint(str(run_dir), kimg, 'pt', seed=kimg)
-    common = [f'--ref={ref}', f'--detector={detector}', '--device=cpu', '--workers=0', '--num=6']
+    common = [f'--ref={ref}', f'--detector={detector}', '--trust-detector', '--device=cpu', '--workers=0', '--num=6']
     res = CliRunner().invoke(fid.main, ['calc', f'--images={run_dir}', *common])
     assert 'no ckpt_* image folders' in error_line(res)
     assert run_generate(f'--outdir={run_dir}', '--seeds=0-5', '--steps=3', '--pfgmpp=1').exit_code == 0

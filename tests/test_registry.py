@@ -72,7 +72,7 @@ def test_registered_solver_is_usable_counted_and_listed(toy_solvers):
     spec = importlib.util.spec_from_file_location('samplers_benchmark', os.path.join(ROOT, 'benchmarks', 'samplers.py'))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert ('explicit midpoint (toy)', 'toy_midpoint', {}) in bench.make_rows()
+    assert ('explicit midpoint (toy)', 'toy_midpoint', {}, False) in bench.make_rows()
     assert '`toy_em`' in bench.solver_table()
     # The GITS teacher choice is derived from the registry too.
     states, derivs = samplers.teacher_trajectory(net, lat, samplers.get_schedule(4, 0.002, 80, dtype=torch.float64),

@@ -16,6 +16,8 @@ from torch_utils import persistence
 from training.demo_data import write_dataset
 from training.loss import EDMLoss
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--arch=ddpmpp', '--cbase=8', '--cres=1', '--batch=8', '--workers=0', '--augment=0', '--dropout=0',
         '--lr=2e-3', '--lr-rampup=0', '--ema=0.0001', '--seed=1']
@@ -56,15 +58,6 @@ def tiny_images(n=32, classes=4, seed=0):
     for img, k in zip(images, labels):
         img[2 * k:2 * k + 2, 1:7] = 220
     return images.astype(np.uint8), labels
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Tiny networks gain nothing from a second thread, and on a shared machine it can make them much slower.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope='module')
@@ -114,7 +107,6 @@ def only_run_dir(outdir):
     return os.path.join(outdir, name)
 
 # ----------------------------------------------------------------------------
-
 
 
 def test_short_run_learns_and_writes_the_official_files(data, tmp_path):

@@ -232,6 +232,14 @@ def _process(params):
 # Preconditioner and loss.
 
 
+def _autocast(device_type):
+    try:
+        return bool(torch.is_autocast_enabled(device_type))  # PyTorch >= 2.4
+    except TypeError:  # Older PyTorch: one flag for CUDA, one for the CPU.
+        return torch.is_autocast_enabled() if device_type == 'cuda' else \
+            device_type == 'cpu' and torch.is_autocast_cpu_enabled()
+
+
 def _unet(model_type):
     from training import networks  # at construction only: see the module docstring
     if model_type not in ('SongUNet', 'DhariwalUNet'):
@@ -278,11 +286,13 @@ class CLDPrecond(torch.nn.Module):
             class_labels = torch.zeros([1, self.label_dim], device=u.device, dtype=io_dtype)
         else:
             class_labels = class_labels.to(io_dtype).reshape(-1, self.label_dim)
-        use_fp16 = self.use_fp16 and not force_fp32 and u.device.type == 'cuda' and io_dtype == torch.float32
+        autocast = _autocast(u.device.type)  # Autocast (torch_utils.precision) replaces the fp16 rule.
+        use_fp16 = self.use_fp16 and not force_fp32 and not autocast and u.device.type == 'cuda' and \
+            io_dtype == torch.float32
         dtype = torch.float16 if use_fp16 else io_dtype
         c_noise = (999 * t).log() if self.log_time_label else 999 * t
         f = self.model(u.to(dtype), c_noise, class_labels=class_labels, **model_kwargs)
-        assert f.dtype == dtype
+        assert f.dtype == dtype or autocast
         theta = self.cld.theta(t.to(torch.float64))
         rot_t = CLD.mat(theta.cos(), theta.sin(), -theta.sin(), theta.cos())  # Rot(theta)^T
         return CLD.apply(rot_t, f.to(io_dtype))

@@ -80,9 +80,14 @@ def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch
           cres=None, lr=10e-4, lr_rampup=10, ema=0.5, dropout=0.13, augment=0.12, xflip=False, fp16=False, ls=1,
           bench=True, cache=True, workers=1, tick=50, snap=50, dump=500, seed=0, transfer=None, resume=None,
           per_sample_rng=False, warmup_ite=None, fdm_multiplier=None, pfgmpp=False, aug_dim=None, stf=False,
-          rbatch=None, world_size=1):
+          rbatch=None, precision='fp32', compile_net=False, tf32=False, world_size=1):
     """The training_loop keyword arguments for these options (EDM train.py); no file is touched."""
     check_precond(precond)
+    if precision not in ('fp32', 'bf16', 'fp16'):
+        raise ConfigError(f'--precision={precision} is unknown; supported: fp32, bf16, fp16')
+    if fp16 and precision != 'fp32':
+        raise ConfigError(f'--fp16=1 (EDM\'s fp16 U-Net) and --precision={precision} (autocast) both set the '
+                          'precision; use one of them')
     options = PRECONDS[precond].get('options', ())
     if fdm_multiplier is not None and 'fdm' not in options:
         raise ConfigError(f'--fdm_multiplier applies to the FDM preconditioners (--precond={_supporting("fdm")}), '
@@ -151,7 +156,8 @@ def build(*, data, cond=False, arch='ddpmpp', precond='edm', duration=200, batch
     c.ema_halflife_kimg = ema * 1000                     # EDM: --ema in Mimg.
     c.lr_rampup_kimg = lr_rampup * 1000                  # EDM's fixed 10 Mimg, an option here (as in FDM).
     c.update(batch_size=batch, batch_gpu=batch_gpu, loss_scaling=ls, cudnn_benchmark=bench, kimg_per_tick=tick,
-             snapshot_ticks=snap, state_dump_ticks=dump, seed=seed, per_sample_rng=per_sample_rng)
+             snapshot_ticks=snap, state_dump_ticks=dump, seed=seed, per_sample_rng=per_sample_rng,
+             precision=precision, compile_net=compile_net, tf32=tf32)
     if transfer is not None:
         c.transfer = transfer
         c.ema_rampup_ratio = None                        # EDM: no EMA ramp-up when fine-tuning.
@@ -192,10 +198,11 @@ def check_dataset(c):
 # Run directory.
 
 
-def run_desc(dataset_name, cond, arch, precond, world_size, batch, fp16, desc=None):
-    """EDM's run-directory description: {dataset}-{cond|uncond}-{arch}-{precond}-gpus{W}-batch{B}-{fp16|fp32}[-desc]."""
+def run_desc(dataset_name, cond, arch, precond, world_size, batch, fp16, desc=None, precision='fp32'):
+    """EDM's run-directory description: {dataset}-{cond|uncond}-{arch}-{precond}-gpus{W}-batch{B}-{fp16|fp32}[-desc]
+    (bf16 in place of fp32 for --precision=bf16)."""
     text = f'{dataset_name}-{"cond" if cond else "uncond"}-{arch}-{precond}-gpus{world_size}-batch{batch}-' \
-           f'{"fp16" if fp16 else "fp32"}'
+           f'{"fp16" if fp16 else precision}'
     return text + (f'-{desc}' if desc else '')
 
 

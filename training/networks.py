@@ -120,13 +120,31 @@ class GroupNorm(torch.nn.Module):
 
 
 def _attention_weights(q, k):
-    """softmax_j(q_i . k_j / sqrt(c)) for q, k of shape [N, c, L] (Vaswani et al. 2017, eq. 1), in >= float32.
+    """softmax_j(q_i . k_j / sqrt(c)) for q, k of shape [N, c, L] (Vaswani et al. 2017, eq. 1), in >= float32
+    (autocast, when active, chooses the dtype of the products).
 
     Plain differentiable ops (no custom autograd.Function), so forward-mode AD (torch.func.jvp) works through it.
     """
     dtype = _compute_dtype(q.dtype)
     logits = torch.einsum('nci,ncj->nij', q.to(dtype), k.to(dtype)) / float(np.sqrt(q.shape[1]))
     return logits.softmax(dim=2).to(q.dtype)
+
+
+def _has_tangent(*tensors):
+    # Forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) attaches a tangent to the tensors it traces.
+    return any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _attention(q, k, v):
+    """a_i = sum_j softmax_j(q_i . k_j / sqrt(c)) v_j for q, k, v of shape [N, c, L] (Vaswani et al. 2017, eq. 1).
+
+    torch's fused kernel (scaled_dot_product_attention) where available; the plain path in float64 (the reference
+    precision of exactness checks) and under forward-mode AD, for which the fused CPU kernel has no rule.
+    """
+    sdpa = getattr(torch.nn.functional, 'scaled_dot_product_attention', None)  # PyTorch >= 2.0
+    if sdpa is not None and q.dtype != torch.float64 and not _has_tangent(q, k, v):
+        return sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return torch.einsum('nij,ncj->nci', _attention_weights(q, k), v)
 
 # ----------------------------------------------------------------------------
 # U-Net building block: residual block with optional up/down-sampling and self-attention.
@@ -144,7 +162,7 @@ class UNetBlock(torch.nn.Module):
         self.num_heads = 0 if not attention else \
             num_heads if num_heads is not None else out_channels // channels_per_head
         self.dropout = dropout
-        self.skip_scale = skip_scale
+        self.skip_scale = float(skip_scale)  # A Python float: torch.compile cannot guard on numpy scalars.
         self.adaptive_scale = adaptive_scale
 
         self.norm0 = GroupNorm(num_channels=in_channels, eps=eps)
@@ -179,8 +197,7 @@ class UNetBlock(torch.nn.Module):
             n, c = h.shape[0], h.shape[1]
             # qkv channels are interleaved per head: head * (3c/heads) + channel * 3 + {q, k, v}.
             q, k, v = self.qkv(self.norm2(h)).reshape(n * self.num_heads, c // self.num_heads, 3, -1).unbind(2)
-            w = _attention_weights(q, k)
-            a = torch.einsum('nij,ncj->nci', w, v)  # a_i = sum_j w_ij v_j
+            a = _attention(q, k, v)
             h = (self.proj(a.reshape(h.shape)) + h) * self.skip_scale
         return h
 
@@ -424,14 +441,23 @@ class DhariwalUNet(torch.nn.Module):
 # Preconditioners: D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (EDM eq. 7, Table 1).
 
 
+def _autocast(device_type):
+    try:
+        return bool(torch.is_autocast_enabled(device_type))  # PyTorch >= 2.4
+    except TypeError:  # Older PyTorch: one flag for CUDA, one for the CPU.
+        return torch.is_autocast_enabled() if device_type == 'cuda' else \
+            device_type == 'cpu' and torch.is_autocast_cpu_enabled()
+
+
 class _Precond(torch.nn.Module):
     """Common part of every preconditioner; a subclass defines `scalings(sigma) -> (c_skip, c_out, c_in, c_noise)`
     (sigma of shape [N, 1, 1, 1]; scalars or broadcastable tensors), and may override `round_sigma`.
 
     Denoiser contract: `net(x, sigma, class_labels=None, force_fp32=False, **model_kwargs)` returns D(x; sigma) in
     float32 (float64 if the network's parameters were converted with `.double()`). `sigma` is a scalar or one value
-    per sample. F runs in fp16 only if `use_fp16`, not `force_fp32` and x is on CUDA. Not persistent itself: only the
-    concrete subclasses are pickled by name.
+    per sample. F runs in fp16 only if `use_fp16`, not `force_fp32` and x is on CUDA, unless autocast is active
+    (torch_utils.precision): then F runs in float32 under autocast, and only c_skip x + c_out F stays outside it.
+    Not persistent itself: only the concrete subclasses are pickled by name.
     """
 
     def __init__(self, img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs, out_channels=None):
@@ -464,12 +490,14 @@ class _Precond(torch.nn.Module):
             class_labels = torch.zeros([1, self.label_dim], device=x.device, dtype=io_dtype)
         else:
             class_labels = class_labels.to(io_dtype).reshape(-1, self.label_dim)
-        use_fp16 = self.use_fp16 and not force_fp32 and x.device.type == 'cuda' and io_dtype == torch.float32
+        autocast = _autocast(x.device.type)  # Autocast (torch_utils.precision) replaces the fp16 rule.
+        use_fp16 = self.use_fp16 and not force_fp32 and not autocast and x.device.type == 'cuda' and \
+            io_dtype == torch.float32
         dtype = torch.float16 if use_fp16 else io_dtype
 
         c_skip, c_out, c_in, c_noise = self.scalings(sigma)
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        assert F_x.dtype == dtype
+        assert F_x.dtype == dtype or autocast
         return c_skip * x + c_out * F_x[:, :self.img_channels].to(io_dtype)  # EDM eq. 7
 
 

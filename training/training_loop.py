@@ -5,10 +5,11 @@ accumulation from `batch_gpu` up to `batch_size`, Adam with a linear learning-ra
 ramp-up, loss scaling, a non-finite gradient guard, statistics reduced over ranks, and periodic files in `run_dir`:
 
 * `network-snapshot-{kimg:06d}.pkl` - the official EDM layout: dict(ema, loss_fn, augment_pipe, dataset_kwargs),
-  written with torch_utils.persistence (readable by EDM-based tools and by `persistence.load_network`).
-* `training-state-{kimg:06d}.pt` - plain state dicts, tensors and numbers only (`torch.load(weights_only=True)`):
-  net, EMA, optimizer, loss state, per-rank RNG states, the position in the data stream, the optimizer step count
-  and the options. Resuming from it continues the run exactly.
+  written with torch_utils.persistence (readable by EDM-based tools and by `persistence.load_network`); with
+  `snapshot_format='safetensors'`, `network-snapshot-{kimg:06d}.safetensors` instead (no pickle, same loader).
+* `training-state-{kimg:06d}.pt` - plain state dicts, tensors and numbers only (read back with the restricted
+  unpickler and checked): net, EMA, optimizer, loss state, per-rank RNG states, the position in the data stream,
+  the optimizer step count and the options. Resuming from it continues the run exactly.
 * `stats.jsonl` (one line per tick) and the status lines printed on rank 0.
 
 Data order: the global stream of samples is a fresh permutation of the dataset per epoch, seeded by (seed, epoch);
@@ -26,7 +27,10 @@ stream of the dataset.
 
 import contextlib
 import copy
+import functools
+import inspect
 import json
+import math
 import os
 import re
 import sys
@@ -39,7 +43,9 @@ import torch
 import dnnlib
 from dnnlib.cli import one_line
 from torch_utils import distributed as dist
-from torch_utils import misc, persistence, training_stats
+from dnnlib.util import printable
+from torch_utils import misc, persistence, safe_pickle, training_stats
+from torch_utils import precision as fast
 from training.config import ConfigError
 
 STATE_FORMAT = 'edm-training-state'
@@ -128,47 +134,203 @@ def _structure(network_kwargs):
     return {k: v for k, v in network_kwargs.items() if k not in ('dropout', 'use_fp16')}
 
 
+class TrainingStateError(ConfigError, dnnlib.util.InputError):
+    """A training state that cannot be resumed from (broken, or from an incompatible run); the message is one line
+    naming the file and the problem."""
+
+
+def _state_fail(path, message):
+    raise TrainingStateError(f'--resume={printable(path)}: {message}')
+
+
+def _is_int(value, low=0, high=1 << 63):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
 def load_training_state(path):
-    """Read a `training-state-NNNNNN.pt` file (tensors and plain values only). Raises ConfigError."""
+    """Read a `training-state-NNNNNN.pt` file: tensors and plain values only, read with the restricted unpickler
+    (torch_utils.safe_pickle.load_torch_zip) and checked field by field. Raises TrainingStateError (one line)."""
     if not re.fullmatch(r'training-state-\d+\.pt', os.path.basename(path)):
-        raise ConfigError(f'--resume={path}: expected a file named training-state-NNNNNN.pt')
+        raise TrainingStateError(f'--resume={printable(path)}: expected a file named training-state-NNNNNN.pt')
+    if os.path.isdir(path):
+        _state_fail(path, 'is a folder; expected a training-state-NNNNNN.pt file')
     if not os.path.isfile(path):
-        raise ConfigError(f'--resume={path}: no such file')
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pylint: disable=broad-except
-        raise ConfigError(f'--resume={path}: not a training state of this toolkit ({one_line(e)})') from e
-    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
-        raise ConfigError(f'--resume={path}: not a training state of this toolkit')
-    if state.get('version') != STATE_VERSION:
-        raise ConfigError(f'--resume={path}: training-state version {state.get("version")} is not supported '
-                          f'(this toolkit reads version {STATE_VERSION})')
+        _state_fail(path, 'no such file')
+    description = persistence.describe_file(path)
+    if description not in ('a training state of this toolkit', 'a torch.save archive'):
+        hint = ' (a network goes to --transfer)' if description in ('a pickle', 'a safetensors file') else ''
+        _state_fail(path, f'is {description}, not a training state of this toolkit{hint}')
+    with open(path, 'rb') as f:
+        state = safe_pickle.load_torch_zip(f, f'--resume={path}')
+    _check_state_fields(state, path)
     return state
 
 
+def _check_state_fields(state, path):
+    """The fields of a training state, their types and ranges (what the training loop reads)."""
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        _state_fail(path, 'not a training state of this toolkit')
+    if state.get('version') != STATE_VERSION:
+        _state_fail(path, f'training-state version {printable(repr(state.get("version")), 20)} is not supported '
+                          f'(this toolkit reads version {STATE_VERSION})')
+    fields = dict(net=dict, ema=dict, optimizer=dict, loss=dict, rng=list, seed=int, world_size=int, cur_nimg=int,
+                  cur_tick=int, tick_start_nimg=int, options=dict)
+    missing = sorted(k for k in fields if k not in state)
+    optional = dict(format=str, version=int, cur_step=int, grad_scaler=dict)  # grad_scaler: fp16 loss scaling
+    extra = sorted(printable(repr(k), 40) for k in state if k not in fields and k not in optional)
+    if missing or extra:
+        _state_fail(path, f'missing fields {missing}, unexpected fields {extra}')
+    for key, kind in [*fields.items(), *((k, v) for k, v in optional.items() if k in state)]:
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            _state_fail(path, f'"{key}" is a {type(state[key]).__name__}, expected {kind.__name__}')
+    safe_pickle.check_structure(state, f'--resume={path}', max_items=1_000_000)
+    scaler = state.get('grad_scaler') or {}   # torch.amp.GradScaler.state_dict(): empty when it was disabled.
+    if scaler and (set(scaler) != {'scale', 'growth_factor', 'backoff_factor', 'growth_interval', '_growth_tracker'}
+                   or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                              for v in scaler.values())
+                   or not (scaler['scale'] > 0 and scaler['growth_factor'] > 1 and 0 < scaler['backoff_factor'] < 1
+                           and scaler['growth_interval'] >= 1 and scaler['_growth_tracker'] >= 0)):
+        _state_fail(path, '"grad_scaler" is not the state of a loss scaler (scale, growth and backoff factors, '
+                          'growth interval and tracker)')
+    for key in ('seed', 'cur_nimg', 'cur_tick', 'tick_start_nimg', 'cur_step'):
+        if key in state and not _is_int(state[key]):
+            _state_fail(path, f'"{key}" is {printable(repr(state[key]), 40)}, expected a non-negative integer')
+    if not 1 <= state['world_size'] <= 1 << 16 or state['tick_start_nimg'] > state['cur_nimg']:
+        _state_fail(path, 'inconsistent world_size or image counts')
+    for key in ('net', 'ema'):
+        for name, value in state[key].items():
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor) or not value.is_contiguous():
+                _state_fail(path, f'"{key}" entry {printable(repr(name), 80)} is not a name and a plain tensor')
+    rng_size = torch.get_rng_state().numel()
+    if not 1 <= len(state['rng']) <= 1 << 16:
+        _state_fail(path, f'"rng" holds {len(state["rng"])} states')
+    for entry in state['rng']:
+        cpu = entry.get('cpu') if isinstance(entry, dict) else None
+        cuda = entry.get('cuda') if isinstance(entry, dict) else None
+        if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8 and cpu.shape == (rng_size,)) or \
+                not (cuda is None or isinstance(cuda, torch.Tensor) and cuda.dtype == torch.uint8 and cuda.ndim == 1) \
+                or set(entry) != {'cpu', 'cuda'}:
+            _state_fail(path, f'an "rng" entry is not dict(cpu=uint8 tensor of {rng_size}, cuda=None or uint8 tensor)')
+    options = state['options']
+
+    def plain(value):
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            _state_fail(path, f'"options" hold a {type(value).__name__}; expected plain (JSON) values')
+    safe_pickle.check_structure(options, f'--resume={path}', max_items=100_000, leaf=plain)
+    info, loss_kwargs = options.get('dataset_info'), options.get('loss_kwargs')
+    schedule = options.get('schedule', {})
+    if not (isinstance(options.get('network_kwargs'), dict) and isinstance(loss_kwargs, dict)
+            and isinstance(loss_kwargs.get('class_name'), str) and isinstance(options.get('dataset_kwargs'), dict)
+            and isinstance(info, dict) and all(_is_int(info.get(k)) for k in ('resolution', 'channels', 'label_dim'))
+            and _is_int(options.get('batch_size'), 1) and isinstance(schedule, dict)
+            and all(isinstance(schedule.get(k, 0), (int, float)) or schedule.get(k, 0) is None
+                    for k in ('ema_rampup_ratio', 'lr_rampup_kimg'))
+            and isinstance(schedule.get('lr_rampup_kimg', 0), (int, float))):
+        _state_fail(path, '"options" lack network_kwargs, loss_kwargs, dataset_kwargs, dataset_info, batch_size or a '
+                          'valid schedule')
+
+
 def check_resume(state, c, path='--resume'):
-    """Raise ConfigError (one line) if `state` cannot continue the run configured by `c`."""
+    """Raise TrainingStateError (one line) if `state` cannot continue the run configured by `c`: other options, or
+    tensors, optimizer or loss state that do not fit the network and optimizer these options build."""
     saved = state['options']
     if saved['loss_kwargs']['class_name'] != c.loss_kwargs.class_name:
-        raise ConfigError(f'{path} was trained with {saved["loss_kwargs"]["class_name"]}, this run uses '
-                          f'{c.loss_kwargs.class_name} (check --precond)')
+        raise TrainingStateError(f'{path} was trained with {printable(saved["loss_kwargs"]["class_name"])}, this run '
+                                 f'uses {c.loss_kwargs.class_name} (check --precond)')
     old, new = _structure(saved['network_kwargs']), _structure(_plain(c.network_kwargs))
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new), key=str):
         if old.get(key) != new.get(key):
-            raise ConfigError(f'{path} is from an incompatible run: network option {key} was {old.get(key)!r}, '
-                              f'now {new.get(key)!r}')
+            raise TrainingStateError(f'{path} is from an incompatible run: network option {printable(key)} was '
+                                     f'{printable(repr(old.get(key)), 80)}, now {new.get(key)!r}')
     for key in ('resolution', 'channels', 'label_dim'):
         if saved['dataset_info'][key] != c.dataset_info[key]:
-            raise ConfigError(f'{path} is from an incompatible run: dataset {key} was {saved["dataset_info"][key]}, '
-                              f'now {c.dataset_info[key]}')
+            raise TrainingStateError(f'{path} is from an incompatible run: dataset {key} was '
+                                     f'{saved["dataset_info"][key]}, now {c.dataset_info[key]}')
+    fail = lambda message: _raise(TrainingStateError(f'{printable(path)}: {message}'))  # noqa: E731
+    shapes, param_shapes = _network_layout(json.dumps(_plain(dict(c.network_kwargs, **c.dataset_info))))
+    for key in ('net', 'ema'):
+        missing = sorted(set(shapes) - set(state[key]))
+        extra = sorted(printable(k, 80) for k in set(state[key]) - set(shapes))
+        if missing or extra:
+            fail(f'"{key}" does not match the network: missing {missing[:5]}, unexpected {extra[:5]}')
+        for name, tensor in state[key].items():
+            if tensor.shape != shapes[name].shape or tensor.dtype != shapes[name].dtype:
+                fail(f'"{key}" entry {name} is {tensor.dtype} {list(tensor.shape)}, the network has '
+                     f'{shapes[name].dtype} {list(shapes[name].shape)}')
+    _check_optimizer_state(state['optimizer'], param_shapes, c.optimizer_kwargs, fail)
+    try:
+        dnnlib.construct_class_by_name(**c.loss_kwargs).load_state_dict(state['loss'])
+    except Exception as e:  # pylint: disable=broad-except
+        fail(f'the loss state cannot be loaded ({one_line(e)})')
 
 
-def load_transfer(path, c):
+def _raise(error):
+    raise error
+
+
+@functools.lru_cache(maxsize=4)
+def _network_layout(options):
+    """(name -> meta tensor of the state dict, parameter shapes in order) of the network for these options (JSON of
+    network_kwargs and dataset_info)."""
+    options = json.loads(options)
+    info = {k: options.pop(k) for k in ('resolution', 'channels', 'label_dim', 'size') if k in options}
+    net = _meta_network(dnnlib.EasyDict(network_kwargs=options, dataset_info=dnnlib.EasyDict(info)))
+    return dict(net.state_dict()), [p.shape for p in net.parameters()]
+
+
+def _meta_network(c):
+    info = c.dataset_info
+    with torch.device('meta'):
+        return dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=info.resolution,
+                                              img_channels=info.channels, label_dim=info.label_dim)
+
+
+def _check_optimizer_state(saved, shapes, optimizer_kwargs, fail):
+    """The optimizer state must have the layout the optimizer itself writes for these parameter shapes: groups
+    covering the parameters in order, and per parameter the entries one step of the same optimizer creates."""
+    if set(saved) != {'state', 'param_groups'} or not isinstance(saved['state'], dict) or \
+            not isinstance(saved['param_groups'], list) or len(saved['param_groups']) != 1:
+        fail('the optimizer state is not {"state": ..., "param_groups": [one group]}')
+    group = saved['param_groups'][0]
+    if not isinstance(group, dict) or group.get('params') != list(range(len(shapes))):
+        fail(f'the optimizer state does not cover the network\'s {len(shapes)} parameters in order')
+    cls = dnnlib.util.get_obj_by_name(optimizer_kwargs['class_name'])
+    accepted = inspect.signature(cls).parameters
+    settings = {k: v for k, v in group.items() if k != 'params'}
+    if any(not isinstance(k, str) or k not in accepted for k in settings) or \
+            any(not (isinstance(v, (bool, int, float, type(None))) or isinstance(v, (list, tuple)) and len(v) <= 4
+                     and all(isinstance(x, (int, float)) for x in v)) for v in settings.values()):
+        fail('the optimizer settings are not options of ' + optimizer_kwargs['class_name'])
+    try:  # One step of the same optimizer with these settings shows which entries each parameter has.
+        probe = torch.nn.Parameter(torch.zeros([2]))
+        optimizer = cls([probe], **settings)
+        probe.grad = torch.zeros([2])
+        optimizer.step()
+        template = optimizer.state_dict()['state'][0]
+    except Exception as e:  # pylint: disable=broad-except
+        fail(f'the optimizer settings cannot be used ({one_line(e)})')
+    for index, entries in saved['state'].items():
+        if not _is_int(index, 0, len(shapes)) or not isinstance(entries, dict) or set(entries) != set(template):
+            fail(f'optimizer state of parameter {printable(repr(index), 20)} does not have the entries '
+                 f'{sorted(template)}')
+        for key, value in entries.items():
+            want = template[key]
+            shape = want.shape if want.ndim == 0 else shapes[index]
+            if not isinstance(value, torch.Tensor) or value.shape != shape or value.dtype != want.dtype \
+                    or not value.is_contiguous():
+                fail(f'optimizer entry {printable(key, 40)} of parameter {index} is not a {want.dtype} tensor of '
+                     f'shape {list(shape)}')
+            if want.ndim == 0 and not (value.isfinite() and value >= 0):   # Counters such as Adam's step.
+                fail(f'optimizer entry {printable(key, 40)} of parameter {index} is {value.item()}, expected a '
+                     'finite non-negative count')
+
+
+def load_transfer(path, c, trust_pickle=False):
     """Load the `ema` network of a checkpoint for --transfer/--pretrain and check that it fits. Raises ConfigError."""
     try:
-        net = persistence.load_network(path)['ema']
-    except Exception as e:  # pylint: disable=broad-except
-        raise ConfigError(f'--transfer={path}: cannot load the network ({one_line(e)})') from e
+        net = persistence.load_network(path, trust_pickle=trust_pickle)['ema']
+    except dnnlib.util.InputError as e:
+        raise ConfigError(f'--transfer={printable(path)}: cannot load the network ({e})') from None
     info = c.dataset_info
     for attr, want in (('img_resolution', info.resolution), ('img_channels', info.channels),
                        ('label_dim', info.label_dim)):
@@ -176,15 +338,30 @@ def load_transfer(path, c):
         if have is not None and have != want:
             raise ConfigError(f'--transfer={path}: the network has {attr}={have}, but the dataset needs {want}')
     # Same-named tensors must have the same shapes (checked on the meta device: no memory, no time).
-    with torch.device('meta'):
-        target = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=info.resolution,
-                                                img_channels=info.channels, label_dim=info.label_dim)
+    target = _meta_network(c)
     source = net.state_dict()
     for name, tensor in target.state_dict().items():
         if name in source and source[name].shape != tensor.shape:
             raise ConfigError(f'--transfer={path}: "{name}" has shape {list(source[name].shape)} in the checkpoint '
                               f'but {list(tensor.shape)} with these options (check --arch/--cbase/--cres)')
     return net
+
+
+def apply_training_state(state, net, ema, optimizer, loss_fn, device):
+    """Put a checked training state (load_training_state, check_resume) into fresh objects and set this rank's RNG
+    state; returns (cur_tick, tick_start_nimg, cur_step)."""
+    net.load_state_dict(state.pop('net'))  # Popped: the stored tensors are released once copied.
+    ema.load_state_dict(state.pop('ema'))
+    optimizer.load_state_dict(state.pop('optimizer'))
+    loss_fn.load_state_dict(state['loss'])
+    # States that predate the step count: derived from the images seen (exact unless --batch changed).
+    cur_step = int(state.get('cur_step', state['cur_nimg'] // state['options']['batch_size']))
+    if len(state['rng']) == dist.get_world_size():
+        _set_rng_state(state['rng'][dist.get_rank()], device)
+    else:
+        dist.print0(f'Note: the state was saved by {len(state["rng"])} process(es), this run has '
+                    f'{dist.get_world_size()}; dropout noise will not continue the saved streams.')
+    return int(state['cur_tick']), int(state['tick_start_nimg']), cur_step
 
 
 def save_atomic(save_fn, path):
@@ -228,6 +405,15 @@ def log_to_file(path, preamble=''):
             sys.stdout, sys.stderr = saved
 
 
+def _optimizer_kwargs(optimizer_kwargs, device):
+    """The optimizer's arguments, with the fastest implementation of Adam on `device` unless one is named
+    (fused where torch supports it: `torch_utils.precision.adam_kwargs`)."""
+    kwargs = dict(optimizer_kwargs)
+    if kwargs.get('class_name') == 'torch.optim.Adam' and not {'fused', 'foreach'} & set(kwargs):
+        kwargs.update(fast.adam_kwargs(device))
+    return kwargs
+
+
 def _format_time(seconds):
     s = int(np.rint(seconds))
     if s < 60:
@@ -266,11 +452,20 @@ def training_loop(
     resume=None,                 # Path of the training state to resume from (informational).
     resume_state=None,           # A dict from load_training_state(), or None.
     cudnn_benchmark=True,        # torch.backends.cudnn.benchmark.
+    precision='fp32',            # Network precision: fp32, bf16 or fp16 autocast (torch_utils.precision).
+    compile_net=False,           # torch.compile the network.
+    tf32=False,                  # Allow TF32 on CUDA (EDM trains without).
     device=torch.device('cpu'),
     dataset_info=None,           # Informational (filled in by config.check_dataset).
     max_steps=None,              # Stop after this many optimizer steps of this call (tests, benchmarks).
+    snapshot_format='pickle',    # Network snapshots as 'pickle' (EDM layout, .pkl) or 'safetensors' (no code).
 ):
-    """Train; returns a dict with the final `net`, `ema`, `cur_nimg` and the number of steps taken."""
+    """Train; returns a dict with the final `net`, `ema`, `cur_nimg` and the number of steps taken.
+
+    `transfer_net` and the tensors of `resume_state` are consumed: once copied into the run they are released
+    (the transfer network is moved to the meta device, the state's net/EMA/optimizer entries are removed), so
+    that no second copy of the weights stays in memory.
+    """
     start_time = time.time()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     device = torch.device(device)
@@ -283,8 +478,7 @@ def training_loop(
             dist.print0(f'Note: the saved run ramped the learning rate over {schedule["lr_rampup_kimg"]:g} kimg, '
                         f'this run uses {lr_rampup_kimg:g} kimg (--lr-rampup).')
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    fast.set_tf32(tf32)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
     # Batch layout (EDM): batch_size = batch_gpu * rounds * world_size.
@@ -312,14 +506,17 @@ def training_loop(
     torch.manual_seed(seed)
     net = dnnlib.construct_class_by_name(**network_kwargs, **interface_kwargs)
     net.train().requires_grad_(True).to(device)
+    if device.type == 'cuda':
+        fast.to_channels_last(net)  # Before DDP and the EMA copy, so both hold channels_last weights.
     dist.print0(f'Parameters: {misc.count_parameters(net):,}')
 
     # Loss, optimizer, augmentation, EMA.
     loss_fn = dnnlib.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **_optimizer_kwargs(optimizer_kwargs, device))
     augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
     if transfer_net is not None:
         misc.copy_params_and_buffers(src_module=transfer_net, dst_module=net, require_all=False)
+        transfer_net.to('meta')  # Release its weights.
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     num_references = max(int(getattr(loss_fn, 'reference_size', 0)) - batch_gpu, 0)
 
@@ -327,23 +524,17 @@ def training_loop(
     np.random.seed((seed * world_size + rank) % (1 << 31))
     torch.manual_seed(np.random.randint(1 << 31))
     cur_tick, tick_start_nimg, cur_step = 0, cur_nimg, 0     # cur_step: optimizer steps since the start of training.
+    scaler = fast.grad_scaler(precision, device)            # Dynamic loss scaling for fp16; a no-op otherwise.
     if resume_state is not None:
         dist.print0(f'Resuming from {cur_nimg} images...')
-        net.load_state_dict(resume_state['net'])
-        ema.load_state_dict(resume_state['ema'])
-        optimizer.load_state_dict(resume_state['optimizer'])
-        loss_fn.load_state_dict(resume_state['loss'])
-        cur_tick, tick_start_nimg = int(resume_state['cur_tick']), int(resume_state['tick_start_nimg'])
-        # States that predate the step count: derived from the images seen (exact unless --batch changed).
-        cur_step = int(resume_state.get('cur_step', cur_nimg // resume_state['options']['batch_size']))
-        if len(resume_state['rng']) == world_size:
-            _set_rng_state(resume_state['rng'][rank], device)
-        else:
-            dist.print0(f'Note: the state was saved by {len(resume_state["rng"])} process(es), this run has '
-                        f'{world_size}; dropout noise will not continue the saved streams.')
+        cur_tick, tick_start_nimg, cur_step = apply_training_state(resume_state, net, ema, optimizer, loss_fn, device)
+        if resume_state.get('grad_scaler') and scaler.is_enabled():
+            scaler.load_state_dict(resume_state['grad_scaler'])
     ddp = net
     if world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
+    run_net = fast.wrap(ddp, precision, device, compile=compile_net)   # What the loss calls: autocast, compile.
+    fast.release_memory()
 
     # Train.
     dist.print0(f'Training for {total_kimg:g} kimg...')
@@ -375,24 +566,26 @@ def training_loop(
                 else ddp.no_sync()
             with sync:
                 images, labels, positions = next(dataset_iterator)
-                images = images.to(device).to(torch.float32) / 127.5 - 1
-                labels = labels.to(device)
+                images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+                labels = labels.to(device, non_blocking=True)
                 extra = dict(rng=SampleRNG(device, seed, positions.tolist())) if per_sample_rng else {}
                 if num_references:
                     extra['reference'] = references
-                loss = loss_fn(ddp, images, labels, augment_pipe=augment_pipe, **extra)
+                loss = loss_fn(run_net, images, labels, augment_pipe=augment_pipe, **extra)
                 training_stats.report('Loss/loss', loss)
                 # EDM: per-sample pixel sums, averaged over the global batch, times the loss scale.
-                loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+                scaler.scale(loss.sum().mul(loss_scaling / batch_gpu_total)).backward()
 
         # Learning-rate ramp-up (EDM: linear in images seen), non-finite guard, Adam step.
         ramp = min(cur_nimg / (lr_rampup_kimg * 1000), 1) if lr_rampup_kimg > 0 else 1
         for g in optimizer.param_groups:
             g['lr'] = optimizer_kwargs['lr'] * ramp
+        scaler.unscale_(optimizer)  # fp16: undo the dynamic scale and note overflows (before the guard hides them).
         for param in net.parameters():
             if param.grad is not None:
                 torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
-        optimizer.step()
+        scaler.step(optimizer)      # fp16: skipped after an overflow.
+        scaler.update()
 
         # EMA (EDM): beta = 0.5^(batch / half-life), half-life ramped up with the images seen; parameters only.
         ema_halflife_nimg = ema_halflife_kimg * 1000
@@ -446,7 +639,9 @@ def training_loop(
             if rank == 0:
                 data = dict(ema=ema_copy, loss_fn=loss_fn, augment_pipe=augment_pipe,
                             dataset_kwargs=_plain(dataset_kwargs))
-                persistence.save_pickle(data, os.path.join(run_dir, f'network-snapshot-{kimg_name}.pkl'))
+                save = persistence.save_safetensors if snapshot_format == 'safetensors' else persistence.save_pickle
+                ext = 'safetensors' if snapshot_format == 'safetensors' else 'pkl'
+                save(data, os.path.join(run_dir, f'network-snapshot-{kimg_name}.{ext}'))
             del ema_copy
         if state_dump_ticks is not None and (done or (cur_tick != 0 and cur_tick % state_dump_ticks == 0)):
             rng_states = _gather_rng_states(device)
@@ -456,7 +651,7 @@ def training_loop(
                     net={k: v.detach().cpu() for k, v in net.state_dict().items()},
                     ema={k: v.detach().cpu() for k, v in ema.state_dict().items()},
                     optimizer=optimizer.state_dict(),
-                    loss=loss_fn.state_dict(), cur_step=cur_step,
+                    loss=loss_fn.state_dict(), cur_step=cur_step, grad_scaler=scaler.state_dict(),
                     rng=rng_states, seed=seed, world_size=world_size, cur_nimg=cur_nimg,
                     cur_tick=cur_tick + 1, tick_start_nimg=cur_nimg,
                     options=state_options)
