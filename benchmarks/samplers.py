@@ -155,7 +155,8 @@ def run_learned(net, latents, warmup, exact, nfes, log):
     the held-out latents. Returns ({(label, 'learned', nfe): error}, {(label, nfe): search record})."""
     results, searches = {}, {}
     for label, solver, options, afs_row in ROWS:
-        if samplers.get_solver(solver).kind != 'ode':
+        spec = samplers.get_solver(solver)
+        if spec.kind != 'ode' or spec.stochastic:  # what learn_schedule takes
             continue
         for nfe in nfes:
             plan = steps_for(solver, nfe, afs_row)
