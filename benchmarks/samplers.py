@@ -70,7 +70,7 @@ def make_rows():
 ROWS = make_rows()
 
 COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
-          '#17becf']
+          '#17becf', '#000000', '#aec7e8', '#ffbb78', '#98df8a']
 
 # ----------------------------------------------------------------------------
 
@@ -294,15 +294,23 @@ def learned_tables(results, searches, nfes):
     """The summary (best learned vs best published per NFE), the per-row table and the search times."""
     summary = ['| NFE | best published sampler | error | best learned-schedule sampler | error | ratio | search |',
                '|---|---|---|---|---|---|---|']
+    ratios = {}
     for n in nfes:
         pub = best_published(results, n)
         learned = [(v, lab) for (lab, sched, m), v in results.items() if m == n and sched == 'learned']
         if pub is None or not learned:
             continue
         v, lab = min(learned)
-        rec = searches[(lab, n)]
+        rec, ratios[n] = searches[(lab, n)], v / pub[0]
         summary.append(f'| {n} | {pub[1]}, {pub[2]} | {pub[0]:.2e} | {lab} | {v:.2e} | **{v / pub[0]:.2f}** | '
                        f'{rec["wall"]:.0f} s (CPU {rec["cpu"]:.0f} s) |')
+    above = [f'NFE {n} ({r:.2f})' for n, r in ratios.items() if r > 0.5]
+    summary.append('\nThe best learned-schedule sampler has at most half the error of the best published one '
+                   + ('at every NFE here.' if not above else f'except at {", ".join(above)}.'))
+    slowest = max(searches.items(), key=lambda kv: kv[1]['wall'], default=None)
+    if slowest is not None:
+        (lab, n), rec = slowest
+        summary.append(f'The slowest search ({lab}, NFE {n}) took {rec["wall"]:.0f} s ({rec["cpu"]:.0f} s CPU).')
     per_row = ['| solver | ' + ' | '.join(f'NFE {n}' for n in nfes) + ' |', '|---|' + '---|' * len(nfes)]
     times = list(per_row)
     for label, _, _, _ in ROWS:
@@ -360,7 +368,7 @@ def solver_table():
 
 def write_markdown(path, data, nfes, args, elapsed):
     results, gits_cache, orders, fixture = data['results'], data['gits_cache'], data['orders'], data['fixture']
-    ip = 'iPNDM (order 4)'
+    ip = next(label for label, solver, _, afs in ROWS if solver == 'ipndm' and not afs)
     highlight = []
     for n in (5, 6):
         p, g = results.get((ip, 'polynomial', n)), results.get((ip, 'GITS', n))
@@ -769,7 +777,9 @@ def main():
 
     def part(name, compute, wanted=None):
         if done.get(name) is None and (name in parts if wanted is None else wanted):
+            t0 = time.time()
             done[name] = compute()
+            done.setdefault('seconds', {})[name] = time.time() - t0
             if args.resume:
                 with open(args.resume, 'wb') as f:
                     pickle.dump(done, f)
@@ -798,7 +808,7 @@ def main():
         print()
     os.makedirs(args.outdir, exist_ok=True)
     plot(os.path.join(args.outdir, 'samplers.png'), data['results'], nfes)
-    write_markdown(os.path.join(args.outdir, 'samplers.md'), data, nfes, args, time.time() - start)
+    write_markdown(os.path.join(args.outdir, 'samplers.md'), data, nfes, args, sum(done.get('seconds', {}).values()))
     log(f'wrote {args.outdir}/samplers.md and samplers.png')
 
 
