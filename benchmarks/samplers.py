@@ -70,7 +70,7 @@ def make_rows():
 ROWS = make_rows()
 
 COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
-          '#17becf']
+          '#17becf', '#000000', '#aec7e8', '#ffbb78', '#98df8a']
 
 # ----------------------------------------------------------------------------
 
@@ -155,7 +155,8 @@ def run_learned(net, latents, warmup, exact, nfes, log):
     the held-out latents. Returns ({(label, 'learned', nfe): error}, {(label, nfe): search record})."""
     results, searches = {}, {}
     for label, solver, options, afs_row in ROWS:
-        if samplers.get_solver(solver).kind != 'ode':
+        spec = samplers.get_solver(solver)
+        if spec.kind != 'ode' or spec.stochastic:  # what learn_schedule takes
             continue
         for nfe in nfes:
             plan = steps_for(solver, nfe, afs_row)
@@ -293,15 +294,23 @@ def learned_tables(results, searches, nfes):
     """The summary (best learned vs best published per NFE), the per-row table and the search times."""
     summary = ['| NFE | best published sampler | error | best learned-schedule sampler | error | ratio | search |',
                '|---|---|---|---|---|---|---|']
+    ratios = {}
     for n in nfes:
         pub = best_published(results, n)
         learned = [(v, lab) for (lab, sched, m), v in results.items() if m == n and sched == 'learned']
         if pub is None or not learned:
             continue
         v, lab = min(learned)
-        rec = searches[(lab, n)]
+        rec, ratios[n] = searches[(lab, n)], v / pub[0]
         summary.append(f'| {n} | {pub[1]}, {pub[2]} | {pub[0]:.2e} | {lab} | {v:.2e} | **{v / pub[0]:.2f}** | '
                        f'{rec["wall"]:.0f} s (CPU {rec["cpu"]:.0f} s) |')
+    above = [f'NFE {n} ({r:.2f})' for n, r in ratios.items() if r > 0.5]
+    summary.append('\nThe best learned-schedule sampler has at most half the error of the best published one '
+                   + ('at every NFE here.' if not above else f'except at {", ".join(above)}.'))
+    slowest = max(searches.items(), key=lambda kv: kv[1]['wall'], default=None)
+    if slowest is not None:
+        (lab, n), rec = slowest
+        summary.append(f'The slowest search ({lab}, NFE {n}) took {rec["wall"]:.0f} s ({rec["cpu"]:.0f} s CPU).')
     per_row = ['| solver | ' + ' | '.join(f'NFE {n}' for n in nfes) + ' |', '|---|' + '---|' * len(nfes)]
     times = list(per_row)
     for label, _, _, _ in ROWS:
@@ -359,7 +368,7 @@ def solver_table():
 
 def write_markdown(path, data, nfes, args, elapsed):
     results, gits_cache, orders, fixture = data['results'], data['gits_cache'], data['orders'], data['fixture']
-    ip = 'iPNDM (order 4)'
+    ip = next(label for label, solver, _, afs in ROWS if solver == 'ipndm' and not afs)
     highlight = []
     for n in (5, 6):
         p, g = results.get((ip, 'polynomial', n)), results.get((ip, 'GITS', n))
@@ -553,48 +562,58 @@ Fixed, and documented in the docstrings:
     with open(path, 'w') as f:
         f.write(text)
 
-# What docs/samplers.md says about the search method. The numbers were measured on this benchmark's problem
-# (seed 0, 256 warm-up and 64 evaluation latents, exact teacher) while the method was chosen.
+# What docs/samplers.md says about the search method. The numbers were measured while the method was chosen, on
+# this benchmark's problem (seed 0, 256 warm-up latents, 64 evaluation latents, exact teacher) unless said otherwise.
 LEARN_METHOD = """Parameters: the log-σ increments of the N − 1 steps are a softmax of N − 2 free numbers (plus a
 fixed 0), floored at 1e-4 of the log-σ range, so every parameter vector is a valid decreasing schedule with the
-fixed end points. The search (`samplers/learn.py`):
+fixed end points. The objective is evaluated by running the solver exactly as it will sample (float64 state during
+the search, so that it is smooth in the parameters). The search (`samplers/learn.py`):
 
-1. **Global start**: the best, by the objective on the warm-up latents, of polynomial schedules with ρ = 2, 3, 5,
-   7, 10 and the log-SNR schedule (and any schedules passed as `starts=`, e.g. a GITS schedule). With AFS the
-   log-SNR start usually wins, without it ρ = 5–7.
-2. **Local refinement**: Levenberg–Marquardt on the reweighted least-squares form of the mean L2 distance
-   (weights 1/‖error‖ per sample, recomputed every iteration), with the Jacobian of the final samples by forward
-   differences in the parameters (N − 2 extra solver runs per iteration), at most 30 iterations. The solver state
-   is float64 during the search, so the differences are smooth.
-3. **Random restarts**: 3 Gaussian perturbations (σ = 0.7 in parameter space, seeded) of the best schedule so far,
-   each refined by at most 10 iterations; the best result is kept.
+1. **Starts**: polynomial schedules with ρ = 2, 3, 5, 7, 10; the log-SNR schedule; GITS schedules (the default
+   GITS search: iPNDM teacher on 61 levels, metric `dev`; with AFS also every first-step point GITS would try to
+   insert); any schedules passed as `starts=`. The best of each family, by the objective, is a start.
+2. **Local refinement**: 5 Levenberg–Marquardt iterations from each start, then up to 25 more from the best
+   result. Levenberg–Marquardt runs on the reweighted least-squares form of the mean L2 distance (weights
+   1/‖error‖ per sample, recomputed every iteration), with the Jacobian of the final samples by forward
+   differences in the parameters (N − 2 extra solver runs per iteration); it stops when an iteration gains less
+   than 0.1 %.
+3. **Restarts**: 2 Gaussian perturbations (σ = 0.7 in parameter space, seeded) of the best schedule, each refined
+   by 5 iterations; the best result is kept.
 
-What was tried, at NFE 5 (held-out error; iPNDM + AFS unless said otherwise):
+What was tried:
 
-- **Gradients through the unrolled solver** (autograd in log σ, Adam, with a differentiable copy of the mixture
-  and a non-detaching schedule): 100 iterations cost about as much as the whole Levenberg–Marquardt search, but
-  the loss stalls at 1.06e-2 (learning rate 0.1) or 0.99e-2 after 300 iterations (0.03), against 0.69e-2 for
-  Levenberg–Marquardt after 80 solver runs. Gradients would also need differentiable schedules
-  (`samplers.schedules.as_schedule` detaches), DEIS coefficient tables (built with float conversions) and
-  nets (the analytic ones detach). Forward differences need none of this and work for every registered solver;
-  with N − 2 ≤ 9 parameters they cost about as much as the Gauss–Newton information that makes
-  Levenberg–Marquardt converge in 10–25 iterations.
-- **Objective**: mean squared error against mean L2 distance (same search otherwise): iPNDM 2.79e-2 vs 2.28e-2,
-  iPNDM + AFS 7.82e-3 vs 7.80e-3, Euler 5.63e-2 vs 5.16e-2, Euler + AFS 3.89e-2 vs 4.23e-2. The mean L2
+- **Gradients through the unrolled solver** (autograd in log σ with Adam, using a differentiable copy of the mixture
+  and a schedule that is not detached), iPNDM + AFS at NFE 5: 100 iterations cost about as much as the whole
+  Levenberg–Marquardt search, but the loss stalls at 1.06e-2 (learning rate 0.1), or reaches 0.99e-2 after 300
+  iterations (0.03), where Levenberg–Marquardt reaches 0.69e-2 after 80 solver runs. Gradients would also need
+  differentiable schedules (`samplers.schedules.as_schedule` detaches), DEIS coefficient tables (built with float
+  conversions) and nets (the analytic ones detach). Forward differences need none of this and work for every
+  registered solver and any network; with N − 2 ≤ 10 parameters they cost about as much as the Gauss–Newton
+  information that lets Levenberg–Marquardt converge in 10–25 iterations.
+- **Objective**: mean squared error against mean L2 distance (same search otherwise, NFE 5): iPNDM 2.79e-2 vs
+  2.28e-2, iPNDM + AFS 7.82e-3 vs 7.80e-3, Euler 5.63e-2 vs 5.16e-2, Euler + AFS 3.89e-2 vs 4.23e-2. The mean L2
   distance is also what the evaluation measures, so it was kept.
-- **Warm-up size**: 128 warm-up latents instead of 256 give 1.11e-2 instead of 0.78e-2 (iPNDM-v + AFS: 1.30e-2
-  vs 0.65e-2). The per-sample errors are heavy-tailed (trajectories that pass near the boundary between two
-  mixture components), and with fewer latents the schedule overfits; the searches use 256, the default of
-  `--num_warmup`.
-- **Restarts**: at NFE 5 they lowered the warm-up loss of DEIS-rhoAB + AFS from 3.21e-2 to 2.25e-2 and of DEIS +
-  AFS from 2.01e-2 to 1.94e-2, and did not change iPNDM or iPNDM-v; at NFE 10 none of them helped, so they are
-  short (10 iterations each).
-- **AFS** is the largest single gain: the analytical first step buys one more timestamp at the same NFE. At NFE 5
-  the learned iPNDM schedule reaches 1.57e-2 without AFS and 0.78e-2 with it; the same extra timestamp helps the
-  polynomial and GITS schedules much less, because their spacing is not adapted to the cheap first step.
+- **Starts**: from the best polynomial or log-SNR schedule alone, Levenberg–Marquardt often ends in a worse local
+  minimum. On 2×4×4 mixtures (the test problem's size), adding the GITS starts took iPNDM-v + AFS at NFE 5 from
+  9.5e-3 to 3.8e-3 (6 components); refining only the single best start ended worse than refining the best of each
+  family (iPNDM + AFS, 8 components: 2.0e-2 against 1.4e-2).
+- **Restarts** lowered the warm-up loss of DEIS-rhoAB + AFS at NFE 5 from 3.2e-2 to 2.3e-2 (before the GITS
+  starts), but at NFE 10 none helped; they are few and short.
+- **Warm-up size**: 128 warm-up latents instead of 256 give 1.11e-2 instead of 0.78e-2 (iPNDM + AFS, NFE 5) and
+  1.30e-2 instead of 0.65e-2 (iPNDM-v + AFS). The per-sample errors are heavy-tailed: a few trajectories pass near
+  the boundary between two mixture components and end in the wrong one (error about 0.3 for every few-step
+  sampler), and with fewer latents the schedule overfits the ones it has seen. 256, the default of `--num_warmup`,
+  is used.
+- **Cheaper searches**: a Jacobian from 64 of the 256 latents (the loss still on all) made UniPC's searches no
+  faster (its solver runs are dominated by per-step overhead, not by the batch size) and worse (NFE 10: 4.0e-3
+  against 1.7e-3); a float32 state during the search gave the same schedules' errors (iPNDM-v + AFS: 7.25e-3 and
+  1.58e-3 at NFE 5 and 10 either way) without a consistent speed-up.
+- **AFS** is the largest single gain: the analytical first step buys one more timestamp at the same NFE, and a
+  learned schedule puts it to use. At NFE 5 the learned iPNDM schedule reaches 1.6e-2 without AFS and 0.78e-2 with
+  it; for the polynomial and GITS schedules the extra timestamp gains much less.
 - **Teacher**: error of candidate teachers against the exact solution on the warm-up latents: Heun on 101
-  polynomial timestamps 2.2e-4, iPNDM 7.6e-5, DEIS 3.2e-5, UniPC (noise prediction, no thresholding) 7.5e-6.
-  UniPC is the default; `teacher=` takes other `samplers.sample` settings or precomputed samples."""
+  polynomial timestamps 2.2e-4, iPNDM 7.6e-5, DEIS 3.2e-5, UniPC in noise-prediction mode (no thresholding)
+  7.5e-6. UniPC is the default; `teacher=` takes other `samplers.sample` settings or precomputed samples."""
 
 # ----------------------------------------------------------------------------
 # Plot.
@@ -758,7 +777,9 @@ def main():
 
     def part(name, compute, wanted=None):
         if done.get(name) is None and (name in parts if wanted is None else wanted):
+            t0 = time.time()
             done[name] = compute()
+            done.setdefault('seconds', {})[name] = time.time() - t0
             if args.resume:
                 with open(args.resume, 'wb') as f:
                     pickle.dump(done, f)
@@ -787,7 +808,7 @@ def main():
         print()
     os.makedirs(args.outdir, exist_ok=True)
     plot(os.path.join(args.outdir, 'samplers.png'), data['results'], nfes)
-    write_markdown(os.path.join(args.outdir, 'samplers.md'), data, nfes, args, time.time() - start)
+    write_markdown(os.path.join(args.outdir, 'samplers.md'), data, nfes, args, sum(done.get('seconds', {}).values()))
     log(f'wrote {args.outdir}/samplers.md and samplers.png')
 
 

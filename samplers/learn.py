@@ -151,8 +151,8 @@ def _levenberg_marquardt(obj, theta, e, max_iter, stop, rtol=1e-3):
 
 # ----------------------------------------------------------------------------
 
-SEARCH_SETTINGS = dict(version=1, restarts=3, seed=0)  # search defaults (part of generate.py's cache key)
-MAX_ITER, MAX_ITER_RESTART = 30, 6  # Levenberg-Marquardt iterations from the start and from each restart
+SEARCH_SETTINGS = dict(version=1, restarts=2, seed=0)  # search defaults (part of generate.py's cache key)
+MAX_ITER, MAX_ITER_RESTART = 30, 5  # Levenberg-Marquardt iterations in all, and from a start or a restart
 
 
 def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver, teacher=None, sigma_min=0.002,
@@ -183,6 +183,10 @@ def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver,
     num_steps = int(num_steps)
     if num_steps < 2:
         raise ValueError(f'num_steps counts timestamps and must be at least 2 (got {num_steps})')
+    starts = [torch.as_tensor(t, dtype=torch.float64).flatten() for t in (starts or [])]
+    for k, t in enumerate(starts):
+        if len(t) != num_steps:
+            raise ValueError(f'start schedule {k} has {len(t)} timestamps, not {num_steps}')
     lo, hi = clip_sigma_range(net, sigma_min, sigma_max)
     latents = warmup_latents.to(torch.float64)  # float64 state: smooth in theta for the forward differences
     common = dict(denoise_to_zero=denoise_to_zero, model_kwargs=model_kwargs)
@@ -208,11 +212,7 @@ def learn_schedule(net, num_steps, warmup_latents, class_labels=None, *, solver,
                 'logsnr': [get_schedule(num_steps, lo, hi, 'logsnr', dtype=torch.float64)]}
     if num_steps > 2:
         families['GITS'] = gits_starts(net, num_steps, latents, class_labels, lo, hi, afs, model_kwargs)
-    for k, s in enumerate(starts or []):
-        s = torch.as_tensor(s, dtype=torch.float64).flatten()
-        if len(s) != num_steps:
-            raise ValueError(f'start schedule {k} has {len(s)} timestamps, not {num_steps}')
-        families[f'start {k}'] = [s]
+    families.update({f'start {k}': [t] for k, t in enumerate(starts)})
     leaders = []
     for name, schedules in families.items():
         scored = [(obj.loss(e), theta, e) for theta in map(params_from_schedule, schedules)
