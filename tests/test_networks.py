@@ -190,6 +190,29 @@ def test_raw_unet_float64(kind):
     assert (y64 - y32.double()).abs().max() <= 1e-4 * y64.abs().max()
 
 
+@pytest.mark.parametrize('kind', ['song', 'ncsn', 'adm'])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_inference_reuses_temporaries_with_identical_numbers(kind, autocast):
+    # Without a graph the blocks write into their own temporaries (training.networks._overwritable); with one
+    # (input requiring grad) they allocate. Same operations, so bit-identical outputs, also under bf16 autocast
+    # (mixed dtypes: a float32 residual added to a bfloat16 block output must not be written into it).
+    torch.manual_seed(0)
+    if kind == 'adm':
+        net = networks.DhariwalUNet(8, 2, 3, label_dim=3, augment_dim=2, model_channels=64, channel_mult=[1, 2],
+                                    num_blocks=1, attn_resolutions=[4], dropout=0)
+    else:
+        kw = {k: v for k, v in (SONG_SMALL if kind == 'song' else NCSN_SMALL).items() if k != 'model_type'}
+        net = networks.SongUNet(8, 2, 3, label_dim=3, augment_dim=2, **kw)
+    net = _randomize(net, 1).eval().requires_grad_(False)
+    x, noise, labels, aug = torch.randn(2, 2, 8, 8), torch.tensor([-1.2, 0.7]), torch.eye(3)[:2], torch.randn(2, 2)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad():
+            fast = net(x, noise, labels, augment_labels=aug)
+        slow = net(x.clone().requires_grad_(True), noise, labels, augment_labels=aug)
+    assert slow.requires_grad and not fast.requires_grad
+    assert fast.abs().max() > 0.1 and torch.equal(fast, slow.detach())
+
+
 def test_precond_dtypes_cpu():
     net = _small_precond(networks.EDMPrecond, **SONG_SMALL)
     net.use_fp16 = True  # fp16 needs CUDA: on the CPU the network stays in float32.
@@ -381,6 +404,8 @@ def test_attention_layout_and_heads():
     blk = networks.UNetBlock(128, 128, 16, attention=True, channels_per_head=64)
     assert blk.num_heads == 2 and blk.skip is None
     assert networks.UNetBlock(8, 8, 16).num_heads == 0
+    with pytest.raises(ValueError, match='12 channels do not split into 5 attention heads'):
+        networks.UNetBlock(12, 12, 16, attention=True, num_heads=5)
     assert networks.GroupNorm(16).num_groups == 4 and networks.GroupNorm(256).num_groups == 32
 
 

@@ -312,7 +312,8 @@ def broken(change):
     (lambda n: n._init_kwargs.update(model_type='Linear'), 'cannot build EDMPrecond from its stored arguments'),
     (lambda n: n._init_kwargs.update(embedding_type='wavelet'), 'cannot build EDMPrecond from its stored arguments '
      '(AssertionError)'),
-    (lambda n: n._init_kwargs.update(model_channels=2), 'fails on an input of shape [1, 1, 8, 8] (ZeroDivisionError'),
+    (lambda n: n._init_kwargs.update(model_channels=2), 'model.map_label.weight has shape [8, 2] in the file but '
+     '[2, 2] in the network'),
     (lambda n: n._init_kwargs.update(model_channels=16), 'has shape [8, 2] in the file but [16, 2] in the network'),
     (lambda n: setattr(n, '_init_kwargs', [1, 2]), 'stored constructor arguments are not a list and a dict'),
     (lambda n: n.__dict__['_modules'].update(model=5), 'child model is a int, not a module'),
@@ -327,6 +328,15 @@ def broken(change):
 ])
 def test_broken_network_records(tmp_path, change, message):
     assert message in load_error(broken(change), tmp_path)
+
+
+def test_network_that_constructs_but_cannot_run(tmp_path):
+    # Two channels: the group norms get zero channels per group. Constructs (with matching tensors), cannot run.
+    torch.manual_seed(0)
+    net = networks.EDMPrecond(img_resolution=8, img_channels=1, label_dim=2, model_type='SongUNet', model_channels=2,
+                              channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0).eval()
+    assert 'fails on an input of shape [0, 1, 8, 8] (ZeroDivisionError' in load_error(pickle.dumps(dict(ema=net)),
+                                                                                     tmp_path)
 
 
 def test_broken_persistent_records(tmp_path):
