@@ -305,7 +305,10 @@ def main(devices, runs, train_steps, train_batch, with_compile, threads, out):
         lines += ['', 'Every run, wall time (s) / peak RSS until sampling / of the run (MiB): ' + '; '.join(
             f'{name}: ' + ', '.join(f'{r[0]:.1f} / {r[2] / 2 ** 20:.0f} / {r[3] / 2 ** 20:.0f}' for r in rows)
             for name, rows in gen.items()) + '. Peak RSS is the kernel\'s high-water mark of the process (VmHWM); '
-            'until sampling it covers the imports and loading the checkpoint (torch_utils/persistence.py).', '']
+            'until sampling it covers the imports and loading the checkpoint (torch_utils/persistence.py). For '
+            'comparison, EDM\'s own `generate.py` peaks at 674 MiB with the same checkpoint and settings on this '
+            'machine; the high-water mark of identical runs varies by tens of MiB (glibc heap reuse, '
+            'docs/design.md).', '']
         lines += [f'### Training: CIFAR-10 DDPM++ configuration, batch {train_batch}, images/s per optimizer step', '',
                   '| variant | steps timed | images/s (median) | s/step |', '|---|---:|---:|---:|']
         for name, rates in train_rows:
