@@ -744,7 +744,8 @@ def _line(draw, a, b, color, dashed=False, dash=8, gap=5):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--outdir', default=os.path.join(ROOT, 'docs'), help='where samplers.md/png go')
+    parser.add_argument('--outdir', default=None,
+                        help='where samplers.md/png go (default: docs/, or benchmarks/_work/samplers-quick/ with --quick)')
     parser.add_argument('--num_eval', type=int, default=256, help='evaluation (held-out) latents')
     parser.add_argument('--num_warmup', type=int, default=256, help='warm-up latents of GITS and learned schedules')
     parser.add_argument('--problem_seed', type=int, default=0, help='seed of the Gaussian mixture')
@@ -764,6 +765,9 @@ def main():
         parser.error(f'--parts: choose from {",".join(PARTS)}')
     if args.quick:
         args.num_eval, args.num_warmup, args.demo_warmup, args.demo_held_out = 8, 32, 4, 4
+    if args.outdir is None:
+        args.outdir = os.path.join(ROOT, 'benchmarks', '_work', 'samplers-quick') if args.quick else \
+            os.path.join(ROOT, 'docs')
     torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.time()
 
