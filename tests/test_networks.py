@@ -170,8 +170,8 @@ def test_pickle_roundtrip(trust):
 # Precision.
 
 
-@pytest.mark.parametrize('kind', ['song', 'ncsn', 'adm'])
-def test_raw_unet_float64(kind):
+def _raw_unet(kind):
+    """A small randomised raw U-Net of `kind` (song, ncsn, adm) with labels and augmentation labels."""
     torch.manual_seed(0)
     if kind == 'adm':
         net = networks.DhariwalUNet(8, 2, 3, label_dim=3, augment_dim=2, model_channels=64, channel_mult=[1, 2],
@@ -179,7 +179,12 @@ def test_raw_unet_float64(kind):
     else:
         kw = {k: v for k, v in (SONG_SMALL if kind == 'song' else NCSN_SMALL).items() if k != 'model_type'}
         net = networks.SongUNet(8, 2, 3, label_dim=3, augment_dim=2, **kw)
-    net = _randomize(net, 1).eval()
+    return _randomize(net, 1).eval()
+
+
+@pytest.mark.parametrize('kind', ['song', 'ncsn', 'adm'])
+def test_raw_unet_float64(kind):
+    net = _raw_unet(kind)
     x, noise, labels, aug = torch.randn(2, 2, 8, 8), torch.tensor([-1.2, 0.7]), torch.eye(3)[:2], torch.randn(2, 2)
     with torch.no_grad():
         y32 = net(x, noise, labels, augment_labels=aug)
@@ -196,14 +201,7 @@ def test_inference_reuses_temporaries_with_identical_numbers(kind, autocast):
     # Without a graph the blocks write into their own temporaries (training.networks._overwritable); with one
     # (input requiring grad) they allocate. Same operations, so bit-identical outputs, also under bf16 autocast
     # (mixed dtypes: a float32 residual added to a bfloat16 block output must not be written into it).
-    torch.manual_seed(0)
-    if kind == 'adm':
-        net = networks.DhariwalUNet(8, 2, 3, label_dim=3, augment_dim=2, model_channels=64, channel_mult=[1, 2],
-                                    num_blocks=1, attn_resolutions=[4], dropout=0)
-    else:
-        kw = {k: v for k, v in (SONG_SMALL if kind == 'song' else NCSN_SMALL).items() if k != 'model_type'}
-        net = networks.SongUNet(8, 2, 3, label_dim=3, augment_dim=2, **kw)
-    net = _randomize(net, 1).eval().requires_grad_(False)
+    net = _raw_unet(kind).requires_grad_(False)
     x, noise, labels, aug = torch.randn(2, 2, 8, 8), torch.tensor([-1.2, 0.7]), torch.eye(3)[:2], torch.randn(2, 2)
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
         with torch.no_grad():
@@ -269,14 +267,7 @@ def test_jvp_matches_finite_difference(model):
 @pytest.mark.parametrize('kind', ['ddpmpp', 'ncsnpp', 'adm'])
 def test_raw_unet_jvp_matches_finite_difference(kind):
     # Every input of the raw U-Net carries a tangent: image, noise label, class label, augmentation label.
-    torch.manual_seed(0)
-    if kind == 'adm':
-        net = networks.DhariwalUNet(8, 2, 3, label_dim=3, augment_dim=2, model_channels=64, channel_mult=[1, 2],
-                                    num_blocks=1, attn_resolutions=[4], dropout=0)
-    else:
-        kw = {k: v for k, v in (SONG_SMALL if kind == 'ddpmpp' else NCSN_SMALL).items() if k != 'model_type'}
-        net = networks.SongUNet(8, 2, 3, label_dim=3, augment_dim=2, **kw)
-    net = _randomize(net, 1).eval().double()
+    net = _raw_unet(dict(ddpmpp='song', ncsnpp='ncsn').get(kind, kind)).double()
     assert any(isinstance(m, networks.UNetBlock) and m.num_heads for m in net.modules())  # attention is exercised
     g = torch.Generator().manual_seed(4)
     primals = (torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64),
