@@ -28,19 +28,10 @@ import torch  # noqa: E402
 
 from samplers.analytic import Gaussian, GaussianMixture  # noqa: E402
 from samplers.edm import edm_schedule  # noqa: E402
-from samplers.itotaylor import euler_maruyama_step, itotaylor_step, laplacian_estimate  # noqa: E402
+from samplers.itotaylor import laplacian_estimate, step_map  # noqa: E402
 from samplers.weak_error import final_expectation, gaussian_final_variance  # noqa: E402
 
 # ----------------------------------------------------------------------------
-
-
-def taylor(net, langevin=1.0, laplacian='hutchinson'):
-    return lambda x, t_cur, t_next, dW, dZ: itotaylor_step(net, x, t_cur, t_next, langevin=langevin, dW=dW, dZ=dZ,
-                                                           probe=torch.ones_like(x), laplacian=laplacian)[0]
-
-
-def em(net, langevin=1.0):
-    return lambda x, t_cur, t_next, dW, dZ: euler_maruyama_step(net, x, t_cur, t_next, langevin=langevin, dW=dW)[0]
 
 
 def schedule(net, n):
@@ -67,9 +58,10 @@ def gaussian_table(steps=(10, 20, 40, 80, 160, 320)):
     s = 0.5
     net = Gaussian(torch.zeros(1, 1, 1), s * s)
     rows = []
-    for name, step in [('SDE, Euler–Maruyama', em(net)), ('SDE, Itô–Taylor', taylor(net)),
-                       ('SDE langevin=0.5, Itô–Taylor', taylor(net, 0.5)),
-                       ('ODE, Euler', em(net, 0.0)), ('ODE, Taylor-2 (langevin=0)', taylor(net, 0.0))]:
+    for name, step in [('SDE, Euler–Maruyama', step_map(net, scheme='em')), ('SDE, Itô–Taylor', step_map(net)),
+                       ('SDE langevin=0.5, Itô–Taylor', step_map(net, 0.5)),
+                       ('ODE, Euler', step_map(net, 0.0, scheme='em')),
+                       ('ODE, Taylor-2 (langevin=0)', step_map(net, 0.0))]:
         errors = []
         for n in steps:
             t = schedule(net, n)
@@ -82,9 +74,10 @@ def mixture_table(steps=(10, 20, 40, 80, 160)):
     net = GaussianMixture(torch.tensor([[-1.0], [1.0]]), [0.09, 0.09], shape=(1, 1, 1))
     start = [(0.5, -1.0, 0.09 + 80.0 ** 2), (0.5, 1.0, 0.09 + 80.0 ** 2)]
     rows, spread, spread_default = [], 0.0, 0.0
-    for name, step in [('Euler–Maruyama', em(net)), ('Itô–Taylor, Hutchinson Laplacian', taylor(net)),
-                       ('Itô–Taylor, symmetric-difference Laplacian', taylor(net, laplacian='symmetric')),
-                       ('Itô–Taylor without Laplacian', taylor(net, laplacian='none'))]:
+    for name, step in [('Euler–Maruyama', step_map(net, scheme='em')),
+                       ('Itô–Taylor, Hutchinson Laplacian', step_map(net)),
+                       ('Itô–Taylor, symmetric-difference Laplacian', step_map(net, laplacian='symmetric')),
+                       ('Itô–Taylor without Laplacian', step_map(net, laplacian='none'))]:
         errors = []
         for n in steps:
             t = schedule(net, n)

@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 import dnnlib  # noqa: E402 pylint: disable=wrong-import-position
 from samplers import demo, generation  # noqa: E402 pylint: disable=wrong-import-position
 from samplers.edm import edm_sampler  # noqa: E402 pylint: disable=wrong-import-position
-from torch_utils import persistence  # noqa: E402 pylint: disable=wrong-import-position
+from torch_utils import misc, persistence  # noqa: E402 pylint: disable=wrong-import-position
 from torch_utils import precision as fast  # noqa: E402 pylint: disable=wrong-import-position
 from training import config, networks, training_loop  # noqa: E402 pylint: disable=wrong-import-position
 from training.demo_data import write_dataset  # noqa: E402 pylint: disable=wrong-import-position
@@ -53,19 +53,8 @@ CIFAR_DDPMPP = dict(img_resolution=32, img_channels=3, label_dim=10, augment_dim
 
 
 def randomize(net, seed=0):
-    """Random weights in every layer (fan-in scaled), so that the network's output matters: its own
-    initialisation zeroes the output layers, which would make any precision look exact."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.ndim > 1:
-                p.copy_(r / np.sqrt(p[0].numel()))
-            elif 'norm' in name and name.endswith('weight'):
-                p.copy_(1 + 0.1 * r)
-            else:
-                p.copy_(0.1 * r)
-    return net
+    """Random weights in every layer (torch_utils.misc.randomize_parameters), so that the output matters."""
+    return misc.randomize_parameters(net, torch.Generator().manual_seed(seed))
 
 
 def cifar_checkpoint():

@@ -148,6 +148,16 @@ def euler_maruyama_step(net, x, t_cur, t_next, class_labels=None, *, langevin=1.
 # Samplers over an EDM schedule.
 
 
+def step_map(net, langevin=1.0, laplacian=DEFAULT_LAPLACIAN, scheme='itotaylor'):
+    """One step as a function (x, t_cur, t_next, dW, dZ) -> x_next, the form that `samplers.weak_error`
+    integrates: the Itô–Taylor step with a probe of ones, or (scheme='em') Euler–Maruyama, which ignores dZ."""
+    if scheme == 'em':
+        return lambda x, t_cur, t_next, dW, dZ: euler_maruyama_step(net, x, t_cur, t_next, langevin=langevin,
+                                                                    dW=dW)[0]
+    return lambda x, t_cur, t_next, dW, dZ: itotaylor_step(net, x, t_cur, t_next, langevin=langevin, dW=dW, dZ=dZ,
+                                                           probe=torch.ones_like(x), laplacian=laplacian)[0]
+
+
 def _check(t_steps, langevin, laplacian, x):
     if not (isinstance(langevin, (int, float)) and math.isfinite(langevin) and langevin >= 0):
         raise ValueError(f'langevin must be a finite number >= 0 (got {langevin!r})')
@@ -261,5 +271,5 @@ register_solver(SolverSpec('edm_em', euler_maruyama, dict(SDE_OPTIONS), kind='ed
                            teacher=False, doc='Euler-Maruyama on EDM\'s reverse SDE (weak order 1)'))
 
 __all__ = ['SDE_OPTIONS', 'LAPLACIAN_METHODS', 'DEFAULT_LAPLACIAN', 'sde_coefficients', 'increments', 'rademacher_like',
-           'laplacian_estimate', 'itotaylor_step', 'euler_maruyama_step', 'itotaylor', 'euler_maruyama',
+           'laplacian_estimate', 'itotaylor_step', 'euler_maruyama_step', 'step_map', 'itotaylor', 'euler_maruyama',
            'itotaylor_cost']

@@ -13,8 +13,8 @@ import torch
 import samplers
 from samplers.analytic import CountingNet, Gaussian, GaussianMixture
 from samplers.edm import edm_schedule
-from samplers.itotaylor import (euler_maruyama, euler_maruyama_step, increments, itotaylor, itotaylor_cost,
-                                itotaylor_step, laplacian_estimate)
+from samplers.itotaylor import (euler_maruyama, increments, itotaylor, itotaylor_cost,
+                                itotaylor_step, laplacian_estimate, step_map)
 from samplers.weak_error import final_expectation, gaussian_final_variance
 from torch_utils.misc import StackedRandomGenerator
 
@@ -24,15 +24,6 @@ MIXTURE_1D = GaussianMixture(torch.tensor([[-1.0], [1.0]]), [0.09, 0.09], shape=
 
 pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated'),  # torch's own jvp decompositions
               pytest.mark.usefixtures('one_thread')]
-
-
-def taylor(net, langevin=1.0, laplacian='hutchinson'):
-    return lambda x, t_cur, t_next, dW, dZ: itotaylor_step(net, x, t_cur, t_next, langevin=langevin, dW=dW, dZ=dZ,
-                                                           probe=torch.ones_like(x), laplacian=laplacian)[0]
-
-
-def em(net, langevin=1.0):
-    return lambda x, t_cur, t_next, dW, dZ: euler_maruyama_step(net, x, t_cur, t_next, langevin=langevin, dW=dW)[0]
 
 
 def schedule(net, n):
@@ -57,7 +48,7 @@ GAUSSIAN_CASES = [
 
 @pytest.mark.parametrize('scheme,langevin,expected,lo,hi', GAUSSIAN_CASES)
 def test_gaussian_weak_order(scheme, langevin, expected, lo, hi):
-    step = taylor(GAUSS, langevin) if scheme == 'itotaylor' else em(GAUSS, langevin)
+    step = step_map(GAUSS, langevin) if scheme == 'itotaylor' else step_map(GAUSS, langevin, scheme='em')
     steps = [20, 40, 80, 160]
     errors = []
     for n in steps:
@@ -76,7 +67,7 @@ def test_sampler_follows_the_exact_law(scheme):
     x0 = rnd.randn([64, 1, 32, 32], dtype=torch.float64) * math.sqrt(S ** 2 + float(t[0]) ** 2)
     sampler = itotaylor if scheme == 'itotaylor' else euler_maruyama
     x = sampler(net, x0, t, randn_like=rnd.randn_like)
-    step = taylor(GAUSS) if scheme == 'itotaylor' else em(GAUSS)
+    step = step_map(GAUSS) if scheme == 'itotaylor' else step_map(GAUSS, scheme='em')
     var = gaussian_final_variance(step, t, S ** 2 + float(t[0]) ** 2)
     se = var * math.sqrt(2 / x.numel())
     assert abs(float(x.square().mean()) - var) < 4 * se
@@ -96,7 +87,7 @@ def test_samplers_sample_follows_the_exact_law(solver):
     x = samplers.sample(counter, latents, solver=solver, num_steps=20, schedule_rho=7, generator=rnd)
     assert x.dtype == torch.float64 and counter.calls == samplers.solver_nfe(solver, 20) == (39 if solver ==
                                                                                               'itotaylor' else 20)
-    step = taylor(GAUSS) if solver == 'itotaylor' else em(GAUSS)
+    step = step_map(GAUSS) if solver == 'itotaylor' else step_map(GAUSS, scheme='em')
     gain = S ** 2 / (S ** 2 + float(t[-2]) ** 2)
     var = gain ** 2 * gaussian_final_variance(step, t[:-1], S ** 2 + float(t[0]) ** 2)
     se = var * math.sqrt(2 / x.numel())
@@ -197,8 +188,8 @@ def test_laplacian_term_gives_weak_order_two_on_a_mixture():
     start = [(0.5, -1.0, 0.09 + 80.0 ** 2), (0.5, 1.0, 0.09 + 80.0 ** 2)]
     steps = [40, 80, 160]
     errors = {}
-    for name, step in [('with', taylor(MIXTURE_1D)), ('without', taylor(MIXTURE_1D, laplacian='none')),
-                       ('em', em(MIXTURE_1D))]:
+    for name, step in [('with', step_map(MIXTURE_1D)), ('without', step_map(MIXTURE_1D, laplacian='none')),
+                       ('em', step_map(MIXTURE_1D, scheme='em'))]:
         errors[name] = []
         for n in steps:
             t = schedule(MIXTURE_1D, n)

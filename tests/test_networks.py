@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import fixtures_dir
-from torch_utils import persistence
+from torch_utils import misc, persistence
 from training import networks
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tiny tensors (tests/conftest.py)
@@ -40,18 +40,8 @@ def _build_from_config(config):
 
 
 def _randomize(net, seed):
-    """Random weights everywhere (zero-initialised output layers would make F trivially 0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            r = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            if p.ndim > 1:
-                p.copy_(r / np.sqrt(p[0].numel()))
-            elif 'norm' in name and name.endswith('weight'):
-                p.copy_(1 + 0.1 * r)
-            else:
-                p.copy_(0.1 * r)
-    return net
+    """Random weights everywhere (zero-initialised output layers would make F trivially 0), drawn in float64."""
+    return misc.randomize_parameters(net, torch.Generator().manual_seed(seed), draw_dtype=torch.float64)
 
 
 def _small_precond(cls, seed=0, img_channels=2, label_dim=3, **kwargs):

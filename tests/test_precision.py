@@ -17,7 +17,7 @@ import samplers
 from conftest import ROOT, error_line
 from samplers import selection
 from samplers.analytic import GaussianMixture
-from torch_utils import persistence
+from torch_utils import misc, persistence
 from torch_utils import precision as fast
 from training import cld, config, networks, training_loop
 from training.demo_data import write_dataset
@@ -51,16 +51,7 @@ def small_net(precond='EDMPrecond', family='ddpmpp', seed=0, device='cpu'):
     torch.manual_seed(seed)
     cls = getattr(networks, precond, None) or getattr(cld, precond)
     net = cls(img_resolution=8, img_channels=2, label_dim=3, **FAMILIES[family])
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if p.ndim > 1:
-                p.copy_(r / np.sqrt(p[0].numel()))
-            elif 'norm' in name and name.endswith('weight'):
-                p.copy_(1 + 0.1 * r)
-            else:
-                p.copy_(0.1 * r)
+    misc.randomize_parameters(net, torch.Generator().manual_seed(seed + 1))
     return net.eval().requires_grad_(False).to(device)
 
 

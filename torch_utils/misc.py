@@ -68,6 +68,22 @@ def check_ddp_consistency(module, ignore_regex=None):
             raise RuntimeError(f'parameter/buffer "{name}" differs between ranks')
 
 
+def randomize_parameters(module, generator, draw_dtype=torch.float32):
+    """Random weights in every layer, for tests and benchmarks (a network's own initialisation zeroes its output
+    layers, which makes its output trivially 0): fan-in-scaled normal weights, norm gains 1 + 0.1 N(0, 1), other
+    vectors 0.1 N(0, 1). Draws in `draw_dtype` from `generator`; returns `module`."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            r = torch.randn(p.shape, generator=generator, dtype=draw_dtype).to(p.dtype)
+            if p.ndim > 1:
+                p.copy_(r / np.sqrt(p[0].numel()))
+            elif 'norm' in name and name.endswith('weight'):
+                p.copy_(1 + 0.1 * r)
+            else:
+                p.copy_(0.1 * r)
+    return module
+
+
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
